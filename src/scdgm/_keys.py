@@ -1,0 +1,131 @@
+"""Every AnnData key scdgm writes, derived from ``key_added`` in this one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelKeys:
+    """Keys written by a model-training tool (``tl.vae`` and the models built on it)."""
+
+    stem: str
+
+    @property
+    def obsm(self) -> str:
+        """Latent representation: ``.obsm["X_<stem>"]``."""
+        return f"X_{self.stem}"
+
+    @property
+    def uns(self) -> str:
+        """Params, history, metrics and the stored model: ``.uns["<stem>"]``."""
+        return self.stem
+
+    def embedding(self, method: str) -> str:
+        """2-D view of the latent space cached by ``pl.latent``: ``.obsm["X_<stem>_<method>"]``."""
+        return f"X_{self.stem}_{method}"
+
+    @property
+    def denoised_layer(self) -> str:
+        """Denoised expression from ``tl.denoise``: ``.layers["<stem>_denoised"]``."""
+        return f"{self.stem}_denoised"
+
+
+@dataclass(frozen=True)
+class LoadingsKeys:
+    """Keys written by ``tl.ldvae_loadings``."""
+
+    stem: str
+
+    @property
+    def varm(self) -> str:
+        """Gene loadings (genes x factors): ``.varm["<stem>_loadings"]``."""
+        return f"{self.stem}_loadings"
+
+    @property
+    def varm_unrotated(self) -> str:
+        """Loadings before any rotation: ``.varm["<stem>_loadings_unrotated"]``."""
+        return f"{self.stem}_loadings_unrotated"
+
+    @property
+    def obsm(self) -> str:
+        """Factor values per cell: ``.obsm["X_<stem>"]``."""
+        return f"X_{self.stem}"
+
+    @property
+    def uns(self) -> str:
+        """Params and top genes per factor: ``.uns["<stem>"]``."""
+        return self.stem
+
+
+@dataclass(frozen=True)
+class AttributionKeys:
+    """Keys written by ``tl.integrated_gradients``."""
+
+    stem: str
+
+    @property
+    def varm(self) -> str:
+        """Mean attribution per gene and target: ``.varm["<stem>"]``."""
+        return self.stem
+
+    @property
+    def varm_abs(self) -> str:
+        """Mean absolute attribution per gene and target: ``.varm["<stem>_abs"]``."""
+        return f"{self.stem}_abs"
+
+    @property
+    def delta(self) -> str:
+        """Completeness error per cell: ``.obs["<stem>_delta"]``."""
+        return f"{self.stem}_delta"
+
+    def layer(self, target: str) -> str:
+        """Per-cell attributions of one target: ``.layers["<stem>_<target>"]``."""
+        return f"{self.stem}_{target}"
+
+    @property
+    def uns(self) -> str:
+        """Params, group means and top genes per target: ``.uns["<stem>"]``."""
+        return self.stem
+
+
+@dataclass(frozen=True)
+class ClassifierKeys:
+    """Keys written by ``tl.bayes_classify``."""
+
+    stem: str
+
+    @property
+    def pred(self) -> str:
+        """Predicted label: ``.obs["<stem>_pred"]``."""
+        return f"{self.stem}_pred"
+
+    @property
+    def confidence(self) -> str:
+        """Probability of the predicted label: ``.obs["<stem>_confidence"]``."""
+        return f"{self.stem}_confidence"
+
+    @property
+    def entropy(self) -> str:
+        """Total predictive entropy: ``.obs["<stem>_entropy"]``."""
+        return f"{self.stem}_entropy"
+
+    @property
+    def epistemic(self) -> str:
+        """Epistemic uncertainty (mutual information): ``.obs["<stem>_epistemic"]``."""
+        return f"{self.stem}_epistemic"
+
+    @property
+    def unknown(self) -> str:
+        """Flag for cells unlike any training class: ``.obs["<stem>_unknown"]``."""
+        return f"{self.stem}_unknown"
+
+    @property
+    def proba(self) -> str:
+        """Mean class probabilities: ``.obsm["<stem>_proba"]``."""
+        return f"{self.stem}_proba"
+
+    @property
+    def uns(self) -> str:
+        """Params, classes, held-out metrics and the model: ``.uns["<stem>"]``."""
+        return self.stem

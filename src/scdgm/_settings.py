@@ -1,0 +1,127 @@
+"""Package-wide settings: compute device, default seed, verbosity and progress bars."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+logger = logging.getLogger("scdgm")
+if not logger.handlers:
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(_handler)
+    logger.propagate = False
+
+_VERBOSITY_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+DeviceName = Literal["auto", "cpu", "cuda", "mps"] | str
+
+
+class ScdgmConfig:
+    """Settings of scdgm, available as ``scdgm.settings``.
+
+    Attributes
+    ----------
+    device
+        Where models train: ``"auto"`` picks CUDA, then Apple MPS, then the CPU. Any torch device
+        string (``"cuda:1"``) is accepted.
+    seed
+        The seed used by functions called with ``seed=None``.
+    verbosity
+        0 errors, 1 warnings, 2 info (default), 3 debug.
+    progress_bar
+        Whether training and long computations show a progress bar.
+    """
+
+    def __init__(self) -> None:
+        self._device: str = "auto"
+        self._seed: int = 0
+        self._progress_bar: bool = True
+        self.verbosity = 2
+
+    @property
+    def device(self) -> str:
+        """Default compute device (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``)."""
+        return self._device
+
+    @device.setter
+    def device(self, value: str) -> None:
+        if not isinstance(value, str) or not value.split(":")[0] in {"auto", "cpu", "cuda", "mps"}:
+            msg = f"settings.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', not {value!r}."
+            raise ValueError(msg)
+        self._device = value
+
+    @property
+    def seed(self) -> int:
+        """Default random seed."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        if not isinstance(value, int | bool) or isinstance(value, bool) or value < 0:
+            msg = f"settings.seed must be a non-negative integer, not {value!r}."
+            raise ValueError(msg)
+        self._seed = value
+
+    @property
+    def verbosity(self) -> int:
+        """Logging verbosity: 0 errors, 1 warnings, 2 info, 3 debug."""
+        return self._verbosity
+
+    @verbosity.setter
+    def verbosity(self, value: int) -> None:
+        if value not in _VERBOSITY_LEVELS:
+            msg = f"settings.verbosity must be one of {sorted(_VERBOSITY_LEVELS)}, not {value!r}."
+            raise ValueError(msg)
+        self._verbosity = value
+        logger.setLevel(_VERBOSITY_LEVELS[value])
+
+    @property
+    def progress_bar(self) -> bool:
+        """Show progress bars during training."""
+        return self._progress_bar
+
+    @progress_bar.setter
+    def progress_bar(self, value: bool) -> None:
+        self._progress_bar = bool(value)
+
+    def resolve_device(self, device: str | None = None) -> str:
+        """Turn ``"auto"`` (or ``None``, meaning :attr:`device`) into a concrete torch device string.
+
+        Imports torch, so it is only called where a model is about to run.
+        """
+        import torch
+
+        device = self.device if device is None else device
+        if device == "auto":
+            if torch.cuda.is_available():
+                return "cuda"
+            mps = getattr(torch.backends, "mps", None)
+            if mps is not None and mps.is_available():
+                return "mps"
+            return "cpu"
+        kind = device.split(":")[0]
+        if kind not in {"cpu", "cuda", "mps"}:
+            msg = f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', not {device!r}."
+            raise ValueError(msg)
+        if kind == "cuda" and not torch.cuda.is_available():
+            msg = f"device={device!r} was asked for, but torch sees no CUDA GPU. Use device='auto' or 'cpu'."
+            raise RuntimeError(msg)
+        return device
+
+    def resolve_seed(self, seed: int | None) -> int:
+        """Return ``seed``, or the default seed where it is ``None``."""
+        if seed is None:
+            return self.seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            msg = f"seed must be a non-negative integer, not {seed!r}."
+            raise ValueError(msg)
+        return seed
+
+    def __repr__(self) -> str:
+        return (
+            f"scdgm settings: device={self.device!r}, seed={self.seed}, "
+            f"verbosity={self.verbosity}, progress_bar={self.progress_bar}"
+        )
+
+
+settings = ScdgmConfig()

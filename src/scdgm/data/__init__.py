@@ -1,0 +1,1 @@
+"""The data layer: AnnData to validated arrays and minibatches on the training device."""

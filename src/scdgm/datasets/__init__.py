@@ -1,0 +1,1 @@
+"""Offline datasets: real PBMC counts and a simulator with known ground truth."""

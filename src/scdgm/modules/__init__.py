@@ -1,0 +1,1 @@
+"""Pure torch / pyro modules: they take tensors and never see AnnData."""

@@ -1,0 +1,3 @@
+"""Plots in scanpy's style."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Preparation of AnnData for scdgm models."""
+
+__all__: list[str] = []

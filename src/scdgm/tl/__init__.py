@@ -1,0 +1,3 @@
+"""Models and their results, written into AnnData."""
+
+__all__: list[str] = []
