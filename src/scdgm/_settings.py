@@ -45,7 +45,7 @@ class ScdgmConfig:
 
     @device.setter
     def device(self, value: str) -> None:
-        if not isinstance(value, str) or not value.split(":")[0] in {"auto", "cpu", "cuda", "mps"}:
+        if not isinstance(value, str) or value.split(":")[0] not in {"auto", "cpu", "cuda", "mps"}:
             msg = f"settings.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', not {value!r}."
             raise ValueError(msg)
         self._device = value

@@ -1,0 +1,269 @@
+"""``fit``: the one training loop of scdgm, for every module that returns a ``LossOutput``."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._settings import logger, settings
+from ._schedule import KLWarmup
+
+if TYPE_CHECKING:
+    import torch
+
+
+class TrainingError(RuntimeError):
+    """Training could not go on (for example the loss became NaN); nothing was written."""
+
+
+@dataclass
+class TrainResult:
+    """What a call of :func:`fit` did.
+
+    Attributes
+    ----------
+    history
+        Per-epoch means of every loss term, ``"train_<term>"`` and ``"validation_<term>"``, plus
+        ``"epoch"`` and ``"kl_weight"`` (the weight at the end of each epoch).
+    n_epochs
+        Epochs run.
+    best_epoch
+        Epoch (0-based) whose weights were kept: the lowest validation monitor after KL warm-up,
+        or the last epoch without early stopping or validation cells.
+    stopped_early
+        Whether early stopping ended the run before ``max_epochs``.
+    seconds
+        Wall time of the training loop.
+    train_cells_per_second
+        Training cells processed per second (validation passes excluded).
+    monitor
+        The loss term early stopping watched.
+    """
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    n_epochs: int = 0
+    best_epoch: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    train_cells_per_second: float = 0.0
+    monitor: str = "loss"
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the history, for ``.uns[key]["training"]``."""
+        return {
+            "n_epochs": self.n_epochs,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "seconds": self.seconds,
+            "train_cells_per_second": self.train_cells_per_second,
+            "monitor": self.monitor,
+        }
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: str = "cpu") -> Iterator[None]:
+    """Seed torch for the block and restore the caller's random state afterwards.
+
+    Weight initialisation, dropout and the reparameterisation noise all draw from torch's global
+    generators; forking them keeps the same seed giving the same model without changing the state
+    the user's own code sees.
+    """
+    import torch
+
+    cuda_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _accelerator(device: str) -> tuple[str, int | list[int]]:
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        return "cuda", [int(index)] if index else 1
+    return kind, 1
+
+
+def _epoch_means(sums: dict[str, torch.Tensor], n_cells: int, prefix: str) -> dict[str, float]:
+    # One device->host transfer per epoch, not per step: per-step .item() calls stall a GPU.
+    return {f"{prefix}_{name}": float(value) / n_cells for name, value in sums.items()}
+
+
+def _run_epoch(module: Any, batches: Iterable[dict], step_fn: Any) -> tuple[dict[str, torch.Tensor], int]:
+    sums: dict[str, torch.Tensor] = {}
+    n_cells = 0
+    for batch in batches:
+        out = step_fn(batch)
+        for name, value in out.terms.items():
+            weighted = value.detach() * out.n_obs
+            sums[name] = sums[name] + weighted if name in sums else weighted
+        n_cells += out.n_obs
+    return sums, n_cells
+
+
+def fit(
+    module: torch.nn.Module,
+    train: Iterable[dict],
+    validation: Iterable[dict] | None = None,
+    *,
+    max_epochs: int,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-6,
+    max_grad_norm: float | None = 50.0,
+    beta: float = 1.0,
+    kl_warmup_epochs: int = 0,
+    early_stopping: bool = True,
+    patience: int = 30,
+    min_delta: float = 0.0,
+    device: str = "cpu",
+    precision: str = "32-true",
+    progress_bar: bool | None = None,
+    description: str = "training",
+) -> TrainResult:
+    """Train ``module`` with Adam, KL warm-up and early stopping, on the device its batches live on.
+
+    ``module(batch, kl_weight=...)`` must return a :class:`~scdgm.modules.LossOutput`; batches are
+    dicts of tensors already on ``device`` (see :class:`scdgm.data.MiniBatches`). Devices and
+    mixed precision go through Lightning Fabric.
+
+    Parameters
+    ----------
+    module
+        The model; it is trained in place and ends holding the kept (best) weights.
+    train, validation
+        Re-iterable minibatches (one pass = one epoch). Without validation batches there is no
+        early stopping and the last weights are kept.
+    max_epochs
+        Upper bound on epochs.
+    lr, weight_decay
+        Adam's step size and L2 penalty.
+    max_grad_norm
+        Clip the global gradient norm to this (``None``: no clipping).
+    beta, kl_warmup_epochs
+        The KL weight rises linearly from 0 to ``beta`` over ``kl_warmup_epochs`` epochs (counted
+        in steps, so it is smooth within an epoch).
+    early_stopping, patience, min_delta
+        Stop when the validation monitor (negative ELBO where the module reports one, else the loss)
+        has not improved by ``min_delta`` for ``patience`` epochs after warm-up. The weights of the
+        best epoch are restored.
+    device
+        Torch device string, already resolved (not ``"auto"``).
+    precision
+        Fabric precision: ``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``.
+    progress_bar
+        Show a progress bar; ``None`` follows ``scdgm.settings.progress_bar``.
+    description
+        Label of the progress bar.
+
+    Returns
+    -------
+    :class:`TrainResult` with the per-epoch history and what the run did.
+    """
+    import torch
+    from lightning.fabric import Fabric
+    from tqdm.auto import tqdm
+
+    if max_epochs < 1:
+        msg = f"max_epochs must be at least 1, not {max_epochs}."
+        raise ValueError(msg)
+    n_steps_per_epoch = len(train)  # type: ignore[arg-type]
+    if n_steps_per_epoch == 0:
+        msg = "The training set yields no minibatch: lower batch_size or pass more cells."
+        raise ValueError(msg)
+    warmup = KLWarmup(beta, kl_warmup_epochs * n_steps_per_epoch)
+
+    accelerator, devices = _accelerator(device)
+    fabric = Fabric(accelerator=accelerator, devices=devices, precision=precision)
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay, eps=0.01)
+    fmodule, foptimizer = fabric.setup(module, optimizer, move_to_device=False)
+
+    def train_step(batch: dict) -> Any:
+        nonlocal step
+        out = fmodule(batch, kl_weight=warmup.weight(step))
+        foptimizer.zero_grad(set_to_none=True)
+        fabric.backward(out.loss)
+        if max_grad_norm is not None:
+            fabric.clip_gradients(fmodule, foptimizer, max_norm=max_grad_norm, error_if_nonfinite=False)
+        foptimizer.step()
+        step += 1
+        return out
+
+    def validation_step(batch: dict) -> Any:
+        return fmodule(batch, kl_weight=warmup.weight(max(step - 1, 0)))
+
+    has_validation = validation is not None and len(validation) > 0  # type: ignore[arg-type]
+    result = TrainResult()
+    history: dict[str, list[float]] = {"epoch": [], "kl_weight": []}
+    best_value, best_state, epochs_without_gain = math.inf, None, 0
+    step = 0
+    show = settings.progress_bar if progress_bar is None else progress_bar
+    train_seconds, train_cells = 0.0, 0
+    start = time.perf_counter()
+    bar = tqdm(range(max_epochs), desc=description, disable=not show, leave=False)
+    for epoch in bar:
+        fmodule.train()
+        t0 = time.perf_counter()
+        sums, n_cells = _run_epoch(fmodule, train, train_step)
+        means = _epoch_means(sums, n_cells, "train")
+        train_seconds += time.perf_counter() - t0
+        train_cells += n_cells
+        if has_validation:
+            fmodule.eval()
+            with torch.inference_mode():
+                val_sums, val_cells = _run_epoch(fmodule, validation, validation_step)
+            means.update(_epoch_means(val_sums, val_cells, "validation"))
+        if not all(math.isfinite(v) for v in means.values()):
+            msg = (
+                f"The loss became {means} at epoch {epoch}. Lower lr, check the input for extreme "
+                "values, or pick a likelihood that fits the data (raw counts: 'nb'; normalised: 'normal')."
+            )
+            raise TrainingError(msg)
+        history["epoch"].append(epoch)
+        history["kl_weight"].append(warmup.weight(max(step - 1, 0)))
+        for name, value in means.items():
+            history.setdefault(name, []).append(value)
+        result.monitor = "elbo" if "train_elbo" in means else "loss"
+        prefix = "validation" if has_validation else "train"
+        current = means[f"{prefix}_{result.monitor}"]
+        bar.set_postfix({f"{prefix[:5]} {result.monitor}": f"{current:.4g}"}, refresh=False)
+        result.n_epochs = epoch + 1
+        if not has_validation or not warmup.done(step - 1):
+            result.best_epoch = epoch
+            continue
+        if current < best_value - min_delta:
+            best_value, epochs_without_gain, result.best_epoch = current, 0, epoch
+            best_state = copy.deepcopy(module.state_dict())
+        else:
+            epochs_without_gain += 1
+            if early_stopping and epochs_without_gain >= patience:
+                result.stopped_early = True
+                logger.info(
+                    f"    early stopping at epoch {epoch}: no gain in validation {result.monitor} for {patience} epochs"
+                )
+                break
+    bar.close()
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    result.history = history
+    result.seconds = time.perf_counter() - start
+    result.train_cells_per_second = train_cells / train_seconds if train_seconds > 0 else 0.0
+    return result
+
+
+def predict(module: torch.nn.Module, batches: Iterable[dict], fn: Any) -> np.ndarray:
+    """Apply ``fn(module, batch) -> Tensor`` to every batch in order, without gradients, as one numpy array."""
+    import torch
+
+    module.eval()
+    outputs = []
+    with torch.inference_mode():
+        for batch in batches:
+            outputs.append(fn(module, batch).float().cpu())
+    return torch.cat(outputs).numpy() if outputs else np.empty((0,), dtype=np.float32)
