@@ -1,1 +1,6 @@
 """Offline datasets: real PBMC counts and a simulator with known ground truth."""
+
+from ._pbmc68k import pbmc68k
+from ._simulate import simulate
+
+__all__ = ["pbmc68k", "simulate"]
