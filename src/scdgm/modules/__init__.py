@@ -1,1 +1,9 @@
 """Pure torch / pyro modules: they take tensors and never see AnnData."""
+
+from ._base import BaseModule, LossOutput
+from ._vae import VAEModule
+
+MODULE_CLASSES: dict[str, type[BaseModule]] = {"VAEModule": VAEModule}
+"""Module classes by name, to rebuild stored models: ``MODULE_CLASSES[name](**init_kwargs)``."""
+
+__all__ = ["MODULE_CLASSES", "BaseModule", "LossOutput", "VAEModule"]

@@ -1,3 +1,6 @@
 """Plots in scanpy's style."""
 
-__all__: list[str] = []
+from ._history import history
+from ._latent import latent
+
+__all__ = ["history", "latent"]

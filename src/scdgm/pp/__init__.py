@@ -1,3 +1,5 @@
 """Preparation of AnnData for scdgm models."""
 
-__all__: list[str] = []
+from ._binarize import binarize
+
+__all__ = ["binarize"]

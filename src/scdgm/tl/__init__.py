@@ -1,3 +1,7 @@
 """Models and their results, written into AnnData."""
 
-__all__: list[str] = []
+from ._denoise import denoise
+from ._embed import embed
+from ._vae import vae
+
+__all__ = ["denoise", "embed", "vae"]

@@ -1,0 +1,98 @@
+"""One speed/quality measurement: train scdgm's VAE or scvi-tools' SCVI on simulated counts, print JSON.
+
+Called by vae_speed.py in a fresh process per configuration, so each peak memory is its own.
+    python benchmarks/vae_speed_one.py {scdgm,scvi} N_CELLS LIKELIHOOD EPOCHS
+Both tools see the same cells: the same 10% are held out (by seed) and only scored, never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+from _common import peak_rss_gb
+
+N_GENES, N_HIDDEN, N_LATENT, BATCH = 2_000, 128, 10, 128
+
+
+def main(tool: str, n_cells: int, likelihood: str, epochs: int) -> dict:
+    import torch
+
+    import scdgm as dgm
+
+    torch.set_num_threads(torch.get_num_threads())
+    adata = dgm.datasets.simulate(n_cells, N_GENES, n_cell_types=8, n_programs=10, seed=0)
+    val = np.random.default_rng(0).permutation(n_cells)[: n_cells // 10]
+    is_val = np.zeros(n_cells, bool)
+    is_val[val] = True
+    train, held = adata[~is_val].copy(), adata[is_val].copy()
+    del adata
+    start = time.perf_counter()
+    if tool == "scdgm":
+        dgm.settings.progress_bar = False
+        dgm.tl.vae(
+            train,
+            n_hidden=N_HIDDEN,
+            n_latent=N_LATENT,
+            likelihood=likelihood,
+            max_epochs=epochs,
+            batch_size=BATCH,
+            validation_fraction=0.0,
+            early_stopping=False,
+            device="cpu",
+            seed=0,
+        )
+        seconds = time.perf_counter() - start
+        from scdgm.data import BatchStore
+        from scdgm.tl._common import model_for, prepare_for_model
+        from scdgm.tl._vae import heldout_metrics
+
+        module, record = model_for(train, "vae", "cpu")
+        data = prepare_for_model(held, record, key="vae")
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            metrics = heldout_metrics(module, BatchStore.from_prepared(data, "cpu"), np.arange(held.n_obs))
+        neg_elbo = metrics["elbo"]
+        cells_per_second = train.uns["vae"]["metrics"]["train_cells_per_second"]
+    else:
+        import scvi
+
+        scvi.settings.seed = 0
+        scvi.settings.dl_num_workers = 0
+        scvi.model.SCVI.setup_anndata(train, layer="counts")
+        model = scvi.model.SCVI(train, n_hidden=N_HIDDEN, n_latent=N_LATENT, n_layers=1, gene_likelihood=likelihood)
+        model.train(
+            max_epochs=epochs,
+            batch_size=BATCH,
+            train_size=1.0,
+            early_stopping=False,
+            accelerator="cpu",
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            logger=False,
+            enable_checkpointing=False,
+        )
+        seconds = time.perf_counter() - start
+        neg_elbo = -float(model.get_elbo(adata=held, batch_size=1024))
+        cells_per_second = epochs * train.n_obs / seconds
+    return {
+        "tool": tool,
+        "n_cells": n_cells,
+        "n_genes": N_GENES,
+        "likelihood": likelihood,
+        "epochs": epochs,
+        "train_seconds": seconds,
+        "train_cells_per_second": cells_per_second,
+        "heldout_negative_elbo": neg_elbo,
+        "peak_rss_gb": peak_rss_gb(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+if __name__ == "__main__":
+    tool, n_cells, likelihood, epochs = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    print(json.dumps(main(tool, n_cells, likelihood, epochs)))

@@ -1,0 +1,148 @@
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import scdgm as dgm
+
+
+def test_writes_documented_keys(trained):
+    assert trained.obsm["X_vae"].shape == (300, 4)
+    assert np.isfinite(trained.obsm["X_vae"]).all()
+    entry = trained.uns["vae"]
+    assert set(entry) >= {"params", "history", "metrics", "model", "split"}
+    params = entry["params"]
+    assert params["likelihood"] == "nb" and params["n_latent"] == 4 and params["seed"] == 0
+    assert params["max_epochs"] == 60 and params["kl_warmup_epochs"] == 20
+    assert "scdgm_version" in params
+    hist = entry["history"]
+    assert len(hist["train_elbo"]) == entry["metrics"]["n_epochs"]
+    assert {"train_reconstruction", "train_kl", "validation_elbo"} <= set(hist)
+    metrics = entry["metrics"]
+    assert metrics["n_validation"] == 30 and metrics["n_train"] == 270
+    assert np.isfinite(metrics["validation_elbo"]) and metrics["validation_elbo"] > 0
+    assert metrics["validation_elbo"] == pytest.approx(
+        metrics["validation_reconstruction"] + metrics["validation_kl"], rel=1e-4
+    )
+
+
+def test_training_lowers_the_heldout_loss(trained):
+    hist = trained.uns["vae"]["history"]
+    assert hist["validation_reconstruction"][-1] < hist["validation_reconstruction"][0]
+
+
+def test_same_seed_same_latent(simulated):
+    a, b, c = simulated.copy(), simulated.copy(), simulated.copy()
+    for adata, seed in ((a, 1), (b, 1), (c, 2)):
+        dgm.tl.vae(adata, n_latent=3, n_hidden=16, max_epochs=3, batch_size=64, seed=seed)
+    np.testing.assert_array_equal(a.obsm["X_vae"], b.obsm["X_vae"])
+    assert not np.allclose(a.obsm["X_vae"], c.obsm["X_vae"])
+
+
+def test_h5ad_round_trip_rebuilds_the_model(trained, tmp_path):
+    import torch
+
+    path = tmp_path / "trained.h5ad"
+    trained.write_h5ad(path)
+    reread = ad.read_h5ad(path)
+    module = dgm.get_model(reread, "vae")
+    x = torch.as_tensor(reread.X.toarray(), dtype=torch.float32)
+    batch = {
+        "x": x,
+        "library": x.sum(1, keepdim=True),
+        "batch": torch.as_tensor(reread.obs["batch"].cat.codes.to_numpy(), dtype=torch.int64),
+    }
+    with torch.inference_mode():
+        latent = module.latent_mean(batch).numpy()
+    np.testing.assert_allclose(latent, trained.obsm["X_vae"], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kind", "likelihood", "decoder"),
+    [("ae", "nb", "mlp"), ("dae", "zinb", "mlp"), ("vae", "poisson", "linear"), ("vae", "zinb", "mlp")],
+)
+def test_kinds_and_likelihoods_train(simulated, kind, likelihood, decoder):
+    dgm.tl.vae(
+        simulated,
+        kind=kind,
+        likelihood=likelihood,
+        decoder=decoder,
+        n_latent=3,
+        n_hidden=16,
+        max_epochs=3,
+        batch_size=64,
+    )
+    assert simulated.obsm["X_vae"].shape == (300, 3)
+    assert simulated.uns["vae"]["params"]["kind"] == kind
+    if kind != "vae":
+        assert simulated.uns["vae"]["metrics"]["train_kl"] == 0
+
+
+def test_normal_likelihood_on_log_normalised_data(simulated):
+    import scanpy as sc
+
+    sc.pp.normalize_total(simulated, target_sum=1e4)
+    sc.pp.log1p(simulated)
+    with pytest.raises(ValueError, match="non-integer"):
+        dgm.tl.vae(simulated, max_epochs=1)
+    dgm.tl.vae(simulated, likelihood="normal", n_latent=3, max_epochs=3, batch_size=64)
+    assert np.isfinite(simulated.obsm["X_vae"]).all()
+
+
+def test_bernoulli_needs_binary_data(simulated):
+    with pytest.raises(ValueError, match="binary"):
+        dgm.tl.vae(simulated, likelihood="bernoulli", max_epochs=1)
+    dgm.pp.binarize(simulated, layer="counts")
+    dgm.tl.vae(simulated, layer="binary", likelihood="bernoulli", n_latent=3, max_epochs=2, batch_size=64)
+    assert simulated.uns["vae"]["params"]["layer"] == "binary"
+
+
+def test_copy_returns_new_object_and_leaves_input(simulated):
+    before = set(simulated.obsm) | set(simulated.uns)
+    out = dgm.tl.vae(simulated, n_latent=3, max_epochs=1, batch_size=64, copy=True, key_added="mine")
+    assert "X_mine" in out.obsm and "mine" in out.uns
+    assert set(simulated.obsm) | set(simulated.uns) == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"likelihood": "gaussian"}, "likelihood='gaussian' is not supported"),
+        ({"kind": "gan"}, "kind='gan' is not supported"),
+        ({"decoder": "conv"}, "decoder='conv' is not supported"),
+        ({"n_latent": 60}, "n_latent=60 must be smaller than the number of genes"),
+        ({"batch_size": 1000}, "batch_size=1000 is larger than the training set"),
+        ({"batch_key": "donor"}, "donor"),
+        ({"layer": "spliced"}, "spliced"),
+        ({"dispersion": "gene-batch"}, "needs batches"),
+        ({"kl_warmup_epochs": 10, "max_epochs": 5}, "never reach beta"),
+        ({"validation_fraction": 1.0}, "validation_fraction"),
+    ],
+)
+def test_bad_input_is_rejected_before_training(simulated, kwargs, match):
+    snapshot = simulated.copy()
+    with pytest.raises((ValueError, KeyError), match=match):
+        dgm.tl.vae(simulated, **{"max_epochs": 1, **kwargs})
+    assert set(simulated.obsm) == set(snapshot.obsm) and set(simulated.uns) == set(snapshot.uns)
+    assert (simulated.X != snapshot.X).nnz == 0
+
+
+def test_interrupted_training_writes_nothing(simulated, monkeypatch):
+    import scdgm.train._fit as fit_module
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "_run_epoch", boom)
+    with pytest.raises(KeyboardInterrupt):
+        dgm.tl.vae(simulated, max_epochs=2, batch_size=64)
+    assert "X_vae" not in simulated.obsm and "vae" not in simulated.uns
+
+
+def test_dense_and_sparse_inputs_agree(simulated):
+    dense = simulated.copy()
+    dense.X = simulated.X.toarray()
+    for adata in (simulated, dense):
+        dgm.tl.vae(adata, n_latent=3, n_hidden=16, max_epochs=2, batch_size=64, seed=5)
+    assert sp.issparse(simulated.X)
+    np.testing.assert_allclose(simulated.obsm["X_vae"], dense.obsm["X_vae"], atol=1e-5)
