@@ -53,6 +53,11 @@ class LoadingsKeys:
         return f"X_{self.stem}"
 
     @property
+    def obsm_unrotated(self) -> str:
+        """Factor values before any rotation: ``.obsm["X_<stem>_unrotated"]``."""
+        return f"X_{self.stem}_unrotated"
+
+    @property
     def uns(self) -> str:
         """Params and top genes per factor: ``.uns["<stem>"]``."""
         return self.stem

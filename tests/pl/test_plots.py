@@ -72,3 +72,17 @@ def test_history_errors(simulated, trained):
         dgm.pl.history(trained, ax=ax)
     plt.close("all")
 
+
+def test_loadings_plot(trained):
+    rng = np.random.default_rng(0)
+    trained.varm["ldvae_loadings"] = rng.normal(size=(trained.n_vars, 3))
+    axes = dgm.pl.loadings(trained, n_top=4, show=False)
+    assert len(axes) == 3
+    labels = [t.get_text() for t in axes[1].get_yticklabels()]
+    top = trained.var_names[np.argmax(trained.varm["ldvae_loadings"][:, 1])]
+    assert labels[-1] == top and len(labels) == 8
+    with pytest.raises(ValueError, match="out of range"):
+        dgm.pl.loadings(trained, factors=[5])
+    with pytest.raises(KeyError, match="ldvae_loadings"):
+        dgm.pl.loadings(trained, key="other")
+    plt.close("all")

@@ -2,5 +2,6 @@
 
 from ._history import history
 from ._latent import latent
+from ._loadings import loadings
 
-__all__ = ["history", "latent"]
+__all__ = ["history", "latent", "loadings"]

@@ -1,0 +1,206 @@
+"""``tl.ldvae_loadings``: gene loadings of a linearly decoded VAE, read like PCA loadings."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Literal
+
+import numpy as np
+from anndata import AnnData
+
+from .._keys import LoadingsKeys
+from .._models import stored_model
+from .._results import record_params, write_results
+from .._settings import settings
+from ._common import check_choice, check_positive_int, model_for, prepare_for_model
+from ._rotation import orient_and_order, varimax
+
+ROTATIONS = ("varimax", "none")
+
+
+def _top_genes(loadings: np.ndarray, var_names: np.ndarray, n_top: int) -> dict[str, dict[str, np.ndarray]]:
+    top = {}
+    for k in range(loadings.shape[1]):
+        order = np.argsort(loadings[:, k], kind="stable")
+        top[f"factor_{k}"] = {
+            "positive": var_names[order[::-1][:n_top]].astype(str),
+            "negative": var_names[order[:n_top]].astype(str),
+        }
+    return top
+
+
+def _rows_for_adata(loadings: np.ndarray, model_genes: Any, adata_genes: Any) -> np.ndarray:
+    """Loadings rows in the gene order of the AnnData; genes the model never saw get NaN."""
+    position = {g: i for i, g in enumerate(np.asarray(model_genes).astype(str))}
+    rows = np.array([position.get(g, -1) for g in np.asarray(adata_genes).astype(str)])
+    out = np.full((len(rows), loadings.shape[1]), np.nan)
+    out[rows >= 0] = loadings[rows[rows >= 0]]
+    return out
+
+
+def _vae_defaults() -> dict[str, Any]:
+    from ._vae import vae
+
+    skip = {"adata", "key_added", "copy", "device", "seed"}
+    return {name: p.default for name, p in inspect.signature(vae).parameters.items() if name not in skip}
+
+
+def _from_scvi(adata: AnnData, scvi_model: Any) -> tuple[np.ndarray, np.ndarray]:
+    loadings = scvi_model.get_loadings()
+    missing = [g for g in adata.var_names if g not in loadings.index]
+    if missing:
+        msg = f"{len(missing)} genes of adata are not in the scvi-tools model (first: {missing[:5]}); subset adata to the model's genes."
+        raise ValueError(msg)
+    return loadings.loc[adata.var_names].to_numpy(), np.asarray(scvi_model.get_latent_representation(adata))
+
+
+def ldvae_loadings(
+    adata: AnnData,
+    *,
+    vae_key: str | None = None,
+    scvi_model: Any = None,
+    rotation: Literal["varimax", "none"] = "varimax",
+    n_top: int = 20,
+    device: str = "auto",
+    seed: int = 0,
+    key_added: str = "ldvae",
+    copy: bool = False,
+    **vae_kwargs: Any,
+) -> AnnData | None:
+    """Gene loadings per latent factor of a linearly decoded VAE (LDVAE, Svensson et al. 2020).
+
+    The encoder stays non-linear, the decoder is one linear map from the latent factors to each gene's
+    log expression scale, so each factor has one loading per gene. The loading of gene ``g`` on factor
+    ``k`` is the change in ``g``'s log expression (before the softmax over genes that turns it into a
+    fraction of the library) for one unit of factor ``k`` — one standard deviation of the N(0, 1) prior;
+    a batch-normalisation layer of the decoder is folded in, batch columns are dropped.
+
+    Identifiability: with an isotropic prior the latent space is defined only up to a rotation, so raw
+    loadings mix programs. ``rotation="varimax"`` rotates loadings and latent values together (the
+    decoded expression is unchanged) so that each gene loads on few factors; the unrotated loadings and
+    latent values are kept too. Factors are then oriented so that their largest loadings are positive
+    and ordered by decreasing sum of squared loadings.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes (raw counts for count likelihoods).
+    vae_key
+        Use the model trained by ``dgm.tl.vae(adata, decoder="linear", key_added=vae_key)`` instead of
+        training one.
+    scvi_model
+        Use a trained scvi-tools ``LinearSCVI`` instead: its ``get_loadings()`` and latent space are
+        written to the same keys.
+    rotation
+        ``"varimax"`` or ``"none"``.
+    n_top
+        Genes listed per factor and direction in ``.uns``.
+    device
+        Where the model runs.
+    seed
+        Seed of the training when a model is trained here.
+    key_added
+        Stem of the output keys.
+    copy
+        Return a new AnnData instead of writing into ``adata``.
+    **vae_kwargs
+        Arguments of :func:`scdgm.tl.vae` when a model is trained here (``n_latent``, ``likelihood``,
+        ``max_epochs``, ...); ``decoder`` is always ``"linear"``.
+
+    Returns
+    -------
+    ``None``, or a new AnnData when ``copy=True``, with these fields written:
+
+    ``.varm["<key_added>_loadings"]``
+        Genes x factors, rotated (when asked), oriented and ordered.
+    ``.varm["<key_added>_loadings_unrotated"]``
+        Genes x factors as the decoder holds them.
+    ``.obsm["X_<key_added>"]``
+        Factor values per cell (posterior means), transformed like the loadings.
+    ``.obsm["X_<key_added>_unrotated"]``
+        Posterior means as the encoder gives them.
+    ``.uns["<key_added>"]``
+        ``params``; ``rotation`` (the factors x factors matrix taking unrotated to reported factors);
+        ``top_genes`` (per factor, the ``n_top`` genes with the most positive and most negative
+        loadings); and, when a model is trained here, everything :func:`scdgm.tl.vae` records
+        (``history``, ``metrics``, ``model``, ``split``).
+
+    Examples
+    --------
+    >>> import scdgm as dgm
+    >>> adata = dgm.datasets.pbmc68k()
+    >>> dgm.tl.ldvae_loadings(adata, n_latent=10, max_epochs=100)  # doctest: +SKIP
+    >>> dgm.pl.loadings(adata, n_top=8)  # doctest: +SKIP
+    """
+    from ..data import BatchStore
+    from ._vae import latent_means, run_vae
+
+    check_choice("rotation", rotation, ROTATIONS)
+    check_positive_int("n_top", n_top)
+    if sum(x is not None for x in (vae_key, scvi_model)) > 1:
+        msg = "Pass at most one of vae_key= and scvi_model=."
+        raise ValueError(msg)
+    if (vae_key is not None or scvi_model is not None) and vae_kwargs:
+        msg = f"Training arguments {sorted(vae_kwargs)} only apply when a model is trained here (no vae_key / scvi_model)."
+        raise ValueError(msg)
+    defaults = _vae_defaults()
+    unknown = sorted(set(vae_kwargs) - set(defaults))
+    if unknown:
+        msg = f"Unknown arguments {unknown}; ldvae_loadings passes on arguments of dgm.tl.vae: {sorted(defaults)}."
+        raise TypeError(msg)
+    if vae_kwargs.get("decoder", "linear") != "linear":
+        msg = "ldvae_loadings trains a linear decoder; leave out decoder= (or use dgm.tl.vae for an MLP decoder)."
+        raise ValueError(msg)
+
+    uns_entry: dict[str, Any] = {}
+    if scvi_model is not None:
+        loadings, latent = _from_scvi(adata, scvi_model)
+        source = {"source": f"scvi-tools {type(scvi_model).__name__}"}
+    elif vae_key is not None:
+        record = stored_model(adata, vae_key)
+        decoder = str(dict(record["init_kwargs"]).get("decoder", "mlp"))
+        if decoder != "linear":
+            msg = (
+                f"The model in .uns[{vae_key!r}] has decoder={decoder!r}, which has no gene loadings. Train a linear "
+                f"one with `dgm.tl.vae(adata, decoder='linear', key_added={vae_key!r})`, or call ldvae_loadings "
+                "without vae_key to train one here."
+            )
+            raise ValueError(msg)
+        device = settings.resolve_device(device)
+        module, _ = model_for(adata, vae_key, device)
+        data = prepare_for_model(adata, record, key=vae_key)
+        latent = latent_means(module, BatchStore.from_prepared(data, device))
+        loadings = _rows_for_adata(
+            module.linear_loadings().detach().cpu().numpy(), record["var_names"], adata.var_names
+        )
+        source = {"source": f"dgm.tl.vae model in .uns[{vae_key!r}]", "vae_key": vae_key}
+    else:
+        run = run_vae(adata, **{**defaults, **vae_kwargs, "decoder": "linear", "device": device, "seed": seed})
+        latent, loadings = run.latent, run.module.linear_loadings().detach().cpu().numpy()
+        uns_entry = run.uns_entry()
+        source = {"source": "trained by dgm.tl.ldvae_loadings", "vae_params": run.params}
+
+    known = np.nan_to_num(loadings)  # genes the model never saw (NaN rows) take no part in the rotation
+    rot = varimax(known) if rotation == "varimax" else np.eye(loadings.shape[1])
+    order, signs = orient_and_order(known @ rot)
+    transform = rot[:, order] * signs
+    rotated_loadings, rotated_latent = loadings @ transform, latent @ transform
+    var_names = np.asarray(adata.var_names)
+
+    keys = LoadingsKeys(key_added)
+    params = record_params(rotation=rotation, n_top=n_top, **source)
+    uns_entry.update(
+        {
+            "params": params,
+            "rotation": transform,
+            "top_genes": _top_genes(known @ transform, var_names, n_top),
+        }
+    )
+    adata = adata.copy() if copy else adata
+    write_results(
+        adata,
+        varm={keys.varm: rotated_loadings.astype(np.float32), keys.varm_unrotated: loadings.astype(np.float32)},
+        obsm={keys.obsm: rotated_latent.astype(np.float32), keys.obsm_unrotated: latent.astype(np.float32)},
+        uns={keys.uns: uns_entry},
+    )
+    return adata if copy else None
