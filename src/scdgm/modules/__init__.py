@@ -1,9 +1,13 @@
 """Pure torch / pyro modules: they take tensors and never see AnnData."""
 
 from ._base import BaseModule, LossOutput
+from ._bayes import BayesianClassifierModule
 from ._vae import VAEModule
 
-MODULE_CLASSES: dict[str, type[BaseModule]] = {"VAEModule": VAEModule}
+MODULE_CLASSES: dict[str, type[BaseModule]] = {
+    "VAEModule": VAEModule,
+    "BayesianClassifierModule": BayesianClassifierModule,
+}
 """Module classes by name, to rebuild stored models: ``MODULE_CLASSES[name](**init_kwargs)``."""
 
-__all__ = ["MODULE_CLASSES", "BaseModule", "LossOutput", "VAEModule"]
+__all__ = ["MODULE_CLASSES", "BaseModule", "BayesianClassifierModule", "LossOutput", "VAEModule"]

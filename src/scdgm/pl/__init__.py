@@ -1,7 +1,8 @@
 """Plots in scanpy's style."""
 
+from ._attributions import attributions
 from ._history import history
 from ._latent import latent
 from ._loadings import loadings
 
-__all__ = ["history", "latent", "loadings"]
+__all__ = ["attributions", "history", "latent", "loadings"]

@@ -1,0 +1,164 @@
+"""``pl.attributions``: the genes with the largest integrated-gradients attributions, per target."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from anndata import AnnData
+
+from .._keys import AttributionKeys
+from ._utils import finish
+
+
+def _chosen_targets(targets: Sequence[int | str] | None, names: list[str]) -> list[int]:
+    if targets is None:
+        return list(range(len(names)))
+    out = []
+    for t in [targets] if isinstance(targets, str | int) else targets:
+        if isinstance(t, str):
+            if t not in names:
+                msg = f"target {t!r} is not one of {names}."
+                raise KeyError(msg)
+            out.append(names.index(t))
+        elif 0 <= int(t) < len(names):
+            out.append(int(t))
+        else:
+            msg = f"target index {t} is out of range: there are {len(names)} targets (0 to {len(names) - 1})."
+            raise IndexError(msg)
+    return out
+
+
+def _top_genes(values: np.ndarray, magnitude: np.ndarray, n_top: int, rank_by: str) -> list[int]:
+    """Union, in order of first appearance, of each column's ``n_top`` genes."""
+    genes: list[int] = []
+    for k in range(values.shape[1]):
+        score = {"absolute": magnitude[:, k], "positive": values[:, k], "negative": -values[:, k]}[rank_by]
+        for g in np.argsort(-score, kind="stable")[:n_top]:
+            if g not in genes:
+                genes.append(int(g))
+    return genes
+
+
+def attributions(
+    adata: AnnData,
+    *,
+    key: str = "ig_vae",
+    targets: Sequence[int | str] | None = None,
+    n_top: int = 10,
+    kind: Literal["heatmap", "dotplot"] = "heatmap",
+    rank_by: Literal["absolute", "positive", "negative"] = "absolute",
+    group: str | None = None,
+    cmap: str = "RdBu_r",
+    ax: Any = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Any:
+    """Top genes per target of :func:`scdgm.tl.integrated_gradients`, as a heatmap or a dot plot.
+
+    Rows are targets (latent factors or classes), columns the union of each target's ``n_top``
+    genes. The colour is the mean attribution (red raises the target, blue lowers it); in the dot
+    plot the dot area is the mean absolute attribution.
+
+    Parameters
+    ----------
+    adata
+        AnnData with the results of :func:`scdgm.tl.integrated_gradients`.
+    key
+        ``key_added`` of that call (``"ig_<model_key>"`` by default).
+    targets
+        Targets (indices or names) to show; default all.
+    n_top
+        Genes per target.
+    kind
+        ``"heatmap"`` or ``"dotplot"``.
+    rank_by
+        Pick each target's genes by mean absolute attribution, or by the most positive or most
+        negative mean attribution.
+    group
+        Show the mean attributions of the cells of this group (the call needs ``groupby=``) instead
+        of all cells; the dot sizes stay those of all cells.
+    cmap
+        Diverging colormap, centred at zero.
+    ax
+        Axes to draw into.
+    show
+        Show the plot; ``None`` follows scanpy's ``autoshow``.
+    return_fig
+        Return the Figure instead of the Axes.
+
+    Returns
+    -------
+    The Axes, the Figure with ``return_fig=True``, or ``None`` when shown.
+
+    Examples
+    --------
+    >>> import scdgm as dgm
+    >>> adata = dgm.datasets.simulate(500, 100, seed=0)
+    >>> dgm.tl.vae(adata, n_latent=5, max_epochs=20)  # doctest: +SKIP
+    >>> dgm.tl.integrated_gradients(adata)  # doctest: +SKIP
+    >>> dgm.pl.attributions(adata, key="ig_vae", n_top=5, kind="dotplot")  # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    keys = AttributionKeys(key)
+    if keys.varm not in adata.varm or keys.uns not in adata.uns:
+        msg = f"Did not find .varm[{keys.varm!r}]. Run `dgm.tl.integrated_gradients(adata, key_added={key!r})` first."
+        raise KeyError(msg)
+    if kind not in {"heatmap", "dotplot"}:
+        msg = f"kind={kind!r} is not supported. Choose 'heatmap' or 'dotplot'."
+        raise ValueError(msg)
+    if rank_by not in {"absolute", "positive", "negative"}:
+        msg = f"rank_by={rank_by!r} is not supported. Choose 'absolute', 'positive' or 'negative'."
+        raise ValueError(msg)
+    if isinstance(n_top, bool) or not isinstance(n_top, int) or n_top < 1:
+        msg = f"n_top must be an integer >= 1, not {n_top!r}."
+        raise ValueError(msg)
+    entry = adata.uns[keys.uns]
+    names = [str(n) for n in np.asarray(entry["targets"]).tolist()]
+    chosen = _chosen_targets(targets, names)
+    values = np.nan_to_num(np.asarray(adata.varm[keys.varm], dtype=np.float64))
+    if group is not None:
+        group_means = dict(entry.get("group_means", {}))
+        if not group_means:
+            msg = f"{key!r} has no group means; run `dgm.tl.integrated_gradients(adata, groupby=...)` first."
+            raise KeyError(msg)
+        if str(group) not in group_means:
+            msg = f"group {group!r} is not one of {sorted(group_means)}."
+            raise KeyError(msg)
+        values = np.nan_to_num(np.asarray(group_means[str(group)], dtype=np.float64))
+    magnitude = np.nan_to_num(np.asarray(adata.varm.get(keys.varm_abs, np.abs(values)), dtype=np.float64))
+    values, magnitude = values[:, chosen], magnitude[:, chosen]
+    genes = _top_genes(values, magnitude if group is None else np.abs(values), n_top, rank_by)
+    shown = values[genes].T  # targets x genes
+    gene_names = np.asarray(adata.var_names)[genes]
+    target_names = [names[t] for t in chosen]
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(genes) + 2.0), max(2.0, 0.35 * len(chosen) + 1.5)))
+    else:
+        fig = ax.figure
+    limit = float(np.abs(shown).max()) or 1.0
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
+    if kind == "heatmap":
+        image = ax.imshow(shown, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+    else:
+        sizes = magnitude[genes].T
+        area = 300.0 * sizes / (float(sizes.max()) or 1.0)
+        rows, cols = np.meshgrid(np.arange(len(chosen)), np.arange(len(genes)), indexing="ij")
+        image = ax.scatter(
+            cols.ravel(), rows.ravel(), s=area.ravel(), c=shown.ravel(), cmap=cmap, norm=norm, edgecolors="0.3"
+        )
+        ax.set_xlim(-0.5, len(genes) - 0.5)
+        ax.set_ylim(len(chosen) - 0.5, -0.5)
+        ax.grid(True, color="0.92", zorder=0)
+        ax.set_axisbelow(True)
+    ax.set_xticks(np.arange(len(genes)), gene_names, rotation=90, fontsize="small")
+    ax.set_yticks(np.arange(len(chosen)), target_names)
+    title = f"integrated gradients ({key})" + (f", {group}" if group is not None else "")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="mean attribution", shrink=0.8)
+    fig.tight_layout()
+    return finish(fig, ax, show=show, return_fig=return_fig)
