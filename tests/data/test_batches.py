@@ -204,3 +204,14 @@ def test_sparse_rows_with_no_entries(adata):
     assert only_empty["x"].shape == (2, 20) and not only_empty["x"].any()
     mixed = torch.tensor([9, 0, 3, 39, 2])
     np.testing.assert_array_equal(store.gather(mixed)["x"].numpy(), dense[mixed.numpy()])
+
+
+def test_sparse_batches_carry_the_positions_of_their_entries():
+    X = sp.random(60, 30, density=0.2, format="csr", dtype=np.float32, random_state=1)
+    X.data = np.ceil(X.data * 10)
+    store = BatchStore.from_prepared(prepare_data(ad.AnnData(X)), "cpu")
+    for batch in MiniBatches(store, np.arange(60), batch_size=16, shuffle=True, seed=0):
+        expected = torch.nonzero(batch["x"].reshape(-1)).squeeze(1)
+        np.testing.assert_array_equal(torch.sort(batch["x_nonzero"])[0].numpy(), expected.numpy())
+    dense_store = BatchStore.from_prepared(prepare_data(ad.AnnData(X.toarray())), "cpu")
+    assert "x_nonzero" not in next(iter(MiniBatches(dense_store, np.arange(60), batch_size=16, shuffle=False)))

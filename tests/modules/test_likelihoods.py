@@ -168,3 +168,26 @@ def test_sample_is_reproducible_with_generator(likelihood):
     }[likelihood]
     # the sample mean over many cells tracks the distribution mean
     np.testing.assert_allclose(first.mean().item(), expected_mean.mean().item(), rtol=0.1)
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "zinb", "poisson"])
+@pytest.mark.parametrize("theta_per_cell", [False, True])
+def test_known_nonzero_positions_give_the_scan_result(likelihood, theta_per_cell):
+    """Positions handed over by the data layer (here with one stored zero, as CSR may hold) change nothing."""
+    x, mu, theta, zi_logits = _counts(seed=6)
+    if theta_per_cell:
+        theta = theta.expand_as(mu).contiguous() * torch.linspace(0.5, 2.0, mu.shape[0]).unsqueeze(1)
+    flat = torch.nonzero(x.reshape(-1)).squeeze(1)
+    stored_zero = torch.nonzero(x.reshape(-1) == 0)[0]
+    positions = torch.sort(torch.cat([flat, stored_zero]))[0]
+    params = {"mu": mu, "theta": theta, "zi_logits": zi_logits}
+    values = []
+    for nonzero in (None, positions):
+        m, t = mu.clone().requires_grad_(), theta.clone().requires_grad_(likelihood != "poisson")
+        ll = lk.log_likelihood(x, {**params, "mu": m, "theta": t}, likelihood, nonzero=nonzero)
+        ll.sum().backward()
+        values.append((ll, m.grad, t.grad if t.requires_grad else torch.zeros(1)))
+    for ours, scan in zip(values[1], values[0], strict=True):
+        _assert_close(ours, scan)
+    dense = (lk.distribution(params, likelihood).log_prob(x)).sum(-1)
+    _assert_close(values[1][0], dense, rtol=1e-4, atol=1e-4)

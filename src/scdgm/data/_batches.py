@@ -62,13 +62,25 @@ class _DeviceRows:
 
         ``host_index``, the same rows as a numpy array, spares a GPU the sync of reading the entry count back.
         """
+        return self.rows_and_entries(index, host_index)[0]
+
+    def rows_and_entries(
+        self, index: torch.Tensor, host_index: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As :meth:`rows`, with the flat positions of the stored entries in the dense rows.
+
+        The positions (``int64``, row-major, one per stored entry) come for free from CSR and let
+        count likelihoods skip a scan for non-zeros; ``None`` for dense storage or when duplicate
+        entries are summed.
+        """
         if not self.sparse:
-            return self.dense.index_select(0, index)
+            return self.dense.index_select(0, index), None
         n_rows = index.shape[0]
         starts = self.indptr.index_select(0, index)
         lengths = self.indptr.index_select(0, index + 1).sub_(starts)
         n_entries = int(lengths.sum() if host_index is None else self.host_lengths[host_index].sum())
         out = torch.zeros(n_rows * self.n_cols, dtype=torch.float32, device=starts.device)
+        flat = torch.zeros(0, dtype=torch.int64, device=starts.device)
         if n_entries > 0:
             # Row of each gathered entry, then its position in data/indices: the start of its row plus
             # its rank within the row, i.e. a global arange shifted per row.
@@ -77,7 +89,7 @@ class _DeviceRows:
             position = shift.index_select(0, entry_row).add_(torch.arange(n_entries, device=starts.device))
             flat = entry_row.mul_(self.n_cols).add_(self.indices.index_select(0, position))
             out.index_put_((flat,), self.data.index_select(0, position), accumulate=self.accumulate)
-        return out.view(n_rows, self.n_cols)
+        return out.view(n_rows, self.n_cols), None if self.accumulate else flat
 
 
 def _block_bytes(data: PreparedData) -> tuple[int, float]:
@@ -165,8 +177,10 @@ class BatchStore:
             chunk_rows = int(min(data.chunk_size, max(1, window / WINDOW_CHUNKS // max(per_row, 1))))
         return StreamingStore(data, device, chunk_rows=chunk_rows)
 
-    def _batch(self, x: torch.Tensor, index: torch.Tensor) -> Batch:
+    def _batch(self, x: torch.Tensor, index: torch.Tensor, nonzero: torch.Tensor | None = None) -> Batch:
         batch = {"x": x, "library": self.library.index_select(0, index)}
+        if nonzero is not None:
+            batch["x_nonzero"] = nonzero
         for name, codes in self.covariates.items():
             batch[name] = codes.index_select(0, index)
         batch["index"] = index
@@ -183,7 +197,9 @@ class BatchStore:
         Returns
         -------
         ``{"x": float32 (B, G), "library": float32 (B, 1), "batch": int64 (B,), "labels": int64 (B,),
-        "index": int64 (B,)}``, with only the covariates the data has.
+        "index": int64 (B,)}``, with only the covariates the data has. Batches served by
+        :meth:`iter_batches` from CSR storage also carry ``"x_nonzero"``: the flat positions of the
+        stored entries of ``"x"``.
         """
         raise NotImplementedError
 
@@ -254,7 +270,8 @@ class InMemoryStore(BatchStore):
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]
-            yield self._batch(self.rows.rows(index, host[start : start + batch_size]), index)
+            x, nonzero = self.rows.rows_and_entries(index, host[start : start + batch_size])
+            yield self._batch(x, index, nonzero)
 
 
 class _Ready:

@@ -32,31 +32,42 @@ def _as_2d(param: torch.Tensor) -> torch.Tensor:
     return param.unsqueeze(0) if param.dim() == 1 else param
 
 
-def _count_normaliser(x: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+def _count_normaliser(x: torch.Tensor, theta: torch.Tensor | None, nonzero: torch.Tensor | None = None) -> torch.Tensor:
     """Per cell, sum over genes of ``lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)`` (``theta=None``: ``-lgamma(x + 1)``).
 
     Every term is exactly zero where ``x == 0``. On CPU, ``lgamma`` and the ``digamma`` of its
     backward pass cost about ten times a multiplication and dominate a training step, while
-    single-cell counts are mostly zeros; there the terms are computed on the non-zero entries only.
-    On accelerators the dense form is cheap and avoids the host synchronisation of ``nonzero``.
+    single-cell counts are mostly zeros; there the terms are computed on the non-zero entries only,
+    found by ``nonzero`` (flat positions in ``x``, as the data layer knows them from a sparse matrix)
+    or by a scan of ``x``. With gene-wise ``theta``, ``lgamma(theta)`` is evaluated once per gene and
+    gathered, so its ``digamma`` runs on genes, not on entries. On accelerators without ``nonzero``
+    the dense form is cheap and avoids the host synchronisation of a scan.
     """
     if theta is not None:
         theta = _as_2d(theta)
-    if x.device.type == "cpu" and x.dim() == 2:
-        index = torch.nonzero(x.reshape(-1)).squeeze(1)
-        if index.numel() <= _DENSE_ABOVE * x.numel():
-            n_genes = x.shape[1]
-            rows = torch.div(index, n_genes, rounding_mode="floor")
-            x_nz = x.reshape(-1).index_select(0, index)
-            values = -torch.lgamma(x_nz + 1.0)
-            if theta is not None:
-                theta_nz = theta.expand_as(x)[rows, index - rows * n_genes]
-                values = values + torch.lgamma(x_nz + theta_nz) - torch.lgamma(theta_nz)
-            return torch.zeros(x.shape[0], dtype=values.dtype, device=x.device).index_add(0, rows, values)
-    values = -torch.lgamma(x + 1.0)
+    if nonzero is None and x.device.type == "cpu" and x.dim() == 2:
+        found = torch.nonzero(x.reshape(-1)).squeeze(1)
+        if found.numel() <= _DENSE_ABOVE * x.numel():
+            nonzero = found
+    if nonzero is None:
+        values = -torch.lgamma(x + 1.0)
+        if theta is not None:
+            values = values + torch.lgamma(x + theta) - torch.lgamma(theta)
+        return values.sum(-1)
+    n_genes = x.shape[1]
+    rows = torch.div(nonzero, n_genes, rounding_mode="floor")
+    x_nz = x.reshape(-1).index_select(0, nonzero)
+    values = -torch.lgamma(x_nz + 1.0)
     if theta is not None:
-        values = values + torch.lgamma(x + theta) - torch.lgamma(theta)
-    return values.sum(-1)
+        if theta.shape[0] == 1:
+            cols = nonzero - rows * n_genes
+            gene_theta = theta.reshape(-1)
+            values = values + torch.lgamma(x_nz + gene_theta.index_select(0, cols))
+            values = values - torch.lgamma(gene_theta).index_select(0, cols)
+        else:
+            theta_nz = theta.expand_as(x).reshape(-1).index_select(0, nonzero)
+            values = values + torch.lgamma(x_nz + theta_nz) - torch.lgamma(theta_nz)
+    return torch.zeros(x.shape[0], dtype=values.dtype, device=x.device).index_add(0, rows, values)
 
 
 def _log_mu(mu: torch.Tensor, log_mu: torch.Tensor | None) -> torch.Tensor:
@@ -64,7 +75,12 @@ def _log_mu(mu: torch.Tensor, log_mu: torch.Tensor | None) -> torch.Tensor:
 
 
 def nb_log_likelihood(
-    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, *, log_mu: torch.Tensor | None = None
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    theta: torch.Tensor,
+    *,
+    log_mu: torch.Tensor | None = None,
+    nonzero: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Negative binomial log-likelihood in the mean / inverse-dispersion parameterisation, summed over genes.
 
@@ -78,6 +94,9 @@ def nb_log_likelihood(
         Inverse dispersions, broadcastable to ``x`` (``(genes,)``, ``(1, genes)`` or cells x genes).
     log_mu
         ``log(mu)`` when the caller already has it (more accurate and saves a logarithm).
+    nonzero
+        Flat (row-major) positions of the non-zero entries of ``x`` when the caller knows them
+        (the data layer does, for sparse input); saves a scan of ``x``.
 
     Returns
     -------
@@ -86,7 +105,7 @@ def nb_log_likelihood(
     theta = _as_2d(theta)
     log_theta_mu = torch.log(theta + mu + EPS)
     elementwise = theta * (torch.log(theta + EPS) - log_theta_mu) + x * (_log_mu(mu, log_mu) - log_theta_mu)
-    return elementwise.sum(-1) + _count_normaliser(x, theta)
+    return elementwise.sum(-1) + _count_normaliser(x, theta, nonzero)
 
 
 def zinb_log_likelihood(
@@ -96,12 +115,13 @@ def zinb_log_likelihood(
     zi_logits: torch.Tensor,
     *,
     log_mu: torch.Tensor | None = None,
+    nonzero: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Zero-inflated negative binomial log-likelihood, summed over genes.
 
     Parameters
     ----------
-    x, mu, theta, log_mu
+    x, mu, theta, log_mu, nonzero
         As in :func:`nb_log_likelihood`.
     zi_logits
         Logits of the probability that an entry is an extra (structural) zero, cells x genes.
@@ -118,22 +138,24 @@ def zinb_log_likelihood(
     case_zero = F.softplus(log_nb_zero - zi_logits) - softplus_neg
     case_nonzero = log_nb_zero - zi_logits - softplus_neg + x * (_log_mu(mu, log_mu) - log_theta_mu)
     elementwise = torch.where(x == 0, case_zero, case_nonzero)
-    return elementwise.sum(-1) + _count_normaliser(x, theta)
+    return elementwise.sum(-1) + _count_normaliser(x, theta, nonzero)
 
 
-def poisson_log_likelihood(x: torch.Tensor, mu: torch.Tensor, *, log_mu: torch.Tensor | None = None) -> torch.Tensor:
+def poisson_log_likelihood(
+    x: torch.Tensor, mu: torch.Tensor, *, log_mu: torch.Tensor | None = None, nonzero: torch.Tensor | None = None
+) -> torch.Tensor:
     """Poisson log-likelihood, summed over genes.
 
     Parameters
     ----------
-    x, mu, log_mu
+    x, mu, log_mu, nonzero
         As in :func:`nb_log_likelihood`.
 
     Returns
     -------
     Log-likelihood per cell, shape ``(cells,)``.
     """
-    return (x * _log_mu(mu, log_mu) - mu).sum(-1) + _count_normaliser(x, None)
+    return (x * _log_mu(mu, log_mu) - mu).sum(-1) + _count_normaliser(x, None, nonzero)
 
 
 def normal_log_likelihood(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
@@ -175,7 +197,9 @@ def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Ten
     return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 
-def log_likelihood(x: torch.Tensor, params: Mapping[str, torch.Tensor], likelihood: str) -> torch.Tensor:
+def log_likelihood(
+    x: torch.Tensor, params: Mapping[str, torch.Tensor], likelihood: str, *, nonzero: torch.Tensor | None = None
+) -> torch.Tensor:
     """Log-likelihood of ``x`` under the parameters a decoder produced, summed over genes.
 
     Parameters
@@ -188,6 +212,8 @@ def log_likelihood(x: torch.Tensor, params: Mapping[str, torch.Tensor], likeliho
         ``"normal"``; ``logits`` for ``"bernoulli"``.
     likelihood
         One of ``"nb"``, ``"zinb"``, ``"poisson"``, ``"normal"``, ``"bernoulli"``.
+    nonzero
+        Flat positions of the non-zero entries of ``x``, when known (count likelihoods use them).
 
     Returns
     -------
@@ -195,11 +221,13 @@ def log_likelihood(x: torch.Tensor, params: Mapping[str, torch.Tensor], likeliho
     """
     _check_likelihood(likelihood)
     if likelihood == "nb":
-        return nb_log_likelihood(x, params["mu"], params["theta"], log_mu=params.get("log_mu"))
+        return nb_log_likelihood(x, params["mu"], params["theta"], log_mu=params.get("log_mu"), nonzero=nonzero)
     if likelihood == "zinb":
-        return zinb_log_likelihood(x, params["mu"], params["theta"], params["zi_logits"], log_mu=params.get("log_mu"))
+        return zinb_log_likelihood(
+            x, params["mu"], params["theta"], params["zi_logits"], log_mu=params.get("log_mu"), nonzero=nonzero
+        )
     if likelihood == "poisson":
-        return poisson_log_likelihood(x, params["mu"], log_mu=params.get("log_mu"))
+        return poisson_log_likelihood(x, params["mu"], log_mu=params.get("log_mu"), nonzero=nonzero)
     if likelihood == "normal":
         return normal_log_likelihood(x, params["mean"], params["var"])
     return bernoulli_log_likelihood(x, params["logits"])

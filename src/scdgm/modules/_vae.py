@@ -361,7 +361,8 @@ class VAEModule(BaseModule):
         Parameters
         ----------
         batch
-            ``"x"`` cells x genes, ``"library"`` (cells, 1), ``"batch"`` (cells,) when ``n_batch > 0``.
+            ``"x"`` cells x genes, ``"library"`` (cells, 1), ``"batch"`` (cells,) when ``n_batch > 0``;
+            optionally ``"x_nonzero"``, the flat positions of the non-zero entries of ``"x"``.
         kl_weight
             Weight of the KL term (beta, KL warm-up); irrelevant for the autoencoders.
 
@@ -383,7 +384,7 @@ class VAEModule(BaseModule):
             z = mean + torch.sqrt(var) * torch.randn_like(mean)
             kl = 0.5 * (var + mean.square() - 1.0 - torch.log(var)).sum(-1).float()
         params = self.generative(z, batch["library"], batch_index)
-        reconstruction = -log_likelihood(x.float(), params, self.likelihood)
+        reconstruction = -log_likelihood(x.float(), params, self.likelihood, nonzero=batch.get("x_nonzero"))
         return LossOutput.from_terms(reconstruction, kl, kl_weight)
 
     def expected_expression(

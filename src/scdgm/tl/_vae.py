@@ -23,7 +23,7 @@ COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
 DECODERS = ("mlp", "linear")
 DISPERSIONS = ("gene", "gene-batch")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-INFERENCE_BATCH_SIZE = 4096
+INFERENCE_BATCH_SIZE = 1024
 
 
 def _check_binary(data: PreparedData) -> None:

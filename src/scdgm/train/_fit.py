@@ -180,7 +180,10 @@ def fit(
 
     accelerator, devices = _accelerator(device)
     fabric = Fabric(accelerator=accelerator, devices=devices, precision=precision)
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay, eps=0.01)
+    # The fused kernel updates every parameter in one pass instead of one pass per tensor operation:
+    # about 1 ms of a 15 ms VAE step on two CPU cores, and fewer kernel launches on a GPU.
+    fused = torch.device(device).type in ("cpu", "cuda")
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay, eps=0.01, fused=fused)
     fmodule, foptimizer = fabric.setup(module, optimizer, move_to_device=False)
 
     def train_step(batch: dict) -> Any:
