@@ -7,6 +7,7 @@ large. :class:`MiniBatches` is the re-iterable that the training engine loops ov
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Iterator
@@ -36,6 +37,33 @@ def _tensor(array: Any, dtype: torch.dtype, device: str) -> torch.Tensor:
         return torch.as_tensor(array, dtype=dtype).to(device)
 
 
+def _pickle_tensors(state: dict[str, Any]) -> dict[str, Any]:
+    """Tensors as numpy arrays, so that a store pickles by value.
+
+    Torch would share them through file descriptors, which processes spawned for data-parallel
+    training cannot always inherit.
+    """
+    out = {}
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor):
+            value = ("__tensor__", value.detach().cpu().numpy(), str(value.device))
+        elif isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+            value = ("__tensors__", {k: (v.detach().cpu().numpy(), str(v.device)) for k, v in value.items()})
+        out[name] = value
+    return out
+
+
+def _unpickle_tensors(state: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, value in state.items():
+        if isinstance(value, tuple) and value and value[0] == "__tensor__":
+            value = torch.from_numpy(value[1]).to(value[2])
+        elif isinstance(value, tuple) and value and value[0] == "__tensors__":
+            value = {k: torch.from_numpy(array).to(device) for k, (array, device) in value[1].items()}
+        out[name] = value
+    return out
+
+
 class _DeviceRows:
     """Rows of a matrix on a device (dense, or CSR as three tensors) that densifies any of its rows."""
 
@@ -56,6 +84,19 @@ class _DeviceRows:
         else:
             self.dense = _tensor(np.ascontiguousarray(block), torch.float32, device)
             self.nbytes = self.dense.numel() * 4
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _pickle_tensors(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(_unpickle_tensors(state))
+
+    def to(self, device: str) -> _DeviceRows:
+        """A copy with its tensors on ``device``."""
+        moved = copy.copy(self)
+        for name in ("indptr", "indices", "data") if self.sparse else ("dense",):
+            setattr(moved, name, getattr(self, name).to(device))
+        return moved
 
     def rows(self, index: torch.Tensor, host_index: np.ndarray | None = None) -> torch.Tensor:
         """Dense ``float32`` rows ``index`` (an ``int64`` tensor on the same device), shape ``(len(index), n_cols)``.
@@ -129,6 +170,20 @@ class BatchStore:
         self.source = data.source
         self.library = _tensor(data.library.reshape(-1, 1), torch.float32, self.device)
         self.covariates = {name: _tensor(codes, torch.int64, self.device) for name, codes in data.covariates.items()}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _pickle_tensors(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(_unpickle_tensors(state))
+
+    def to(self, device: str) -> BatchStore:
+        """A shallow copy of this store serving its batches on ``device`` (for a process of its own)."""
+        moved = copy.copy(self)
+        moved.device = str(device)
+        moved.library = self.library.to(device)
+        moved.covariates = {name: codes.to(device) for name, codes in self.covariates.items()}
+        return moved
 
     @property
     def covariate_names(self) -> tuple[str, ...]:
@@ -252,6 +307,12 @@ class InMemoryStore(BatchStore):
     def gather(self, index: torch.Tensor) -> Batch:
         index = _index_tensor(index, self.device)
         return self._batch(self.rows.rows(index), index)
+
+    def to(self, device: str) -> InMemoryStore:
+        """A shallow copy of this store with the matrix on ``device`` too."""
+        moved = super().to(device)
+        moved.rows = self.rows.to(device)
+        return moved
 
     def iter_batches(
         self,

@@ -95,6 +95,7 @@ def vae(
     patience: int = 30,
     validation_fraction: float = 0.1,
     device: str = "auto",
+    devices: int = 1,
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true",
     seed: int = 0,
     key_added: str = "vae",
@@ -148,6 +149,11 @@ def vae(
         Fraction of cells held out for early stopping and the held-out metrics.
     device
         ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    devices
+        Data-parallel training (DDP) on this many GPUs (``device="cuda"``) or CPU processes: each
+        process takes its share of every epoch's minibatches and gradients are averaged every step,
+        so with the same ``batch_size`` an epoch has ``devices`` times fewer steps. The data must be
+        in memory (not backed). Results depend on ``devices``, not only on ``seed``.
     precision
         ``"32-true"``, or mixed precision ``"bf16-mixed"`` / ``"16-mixed"`` on a GPU.
     seed
@@ -210,6 +216,7 @@ def vae(
         patience=patience,
         validation_fraction=validation_fraction,
         device=device,
+        devices=devices,
         precision=precision,
         seed=seed,
     )
@@ -273,6 +280,7 @@ def run_vae(
     device: str,
     precision: str,
     seed: int,
+    devices: int = 1,
 ) -> VAERun:
     """Validate the arguments of :func:`vae`, train, and collect the results without writing them."""
     from ..data import BatchStore, MiniBatches, prepare_data, split_indices
@@ -296,6 +304,7 @@ def run_vae(
     if kl_warmup_epochs is not None:
         check_positive_int("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
     check_positive_int("patience", patience)
+    check_positive_int("devices", devices)
     check_fraction("validation_fraction", validation_fraction)
     check_fraction("dropout", dropout)
     check_fraction("corruption", corruption)
@@ -365,7 +374,9 @@ def run_vae(
             early_stopping=early_stopping,
             patience=patience,
             device=device,
+            devices=devices,
             precision=precision,
+            seed=seed,
             description=f"{kind} ({likelihood})",
         )
         latent = latent_means(module, store)
@@ -398,6 +409,7 @@ def run_vae(
         patience=patience,
         validation_fraction=validation_fraction,
         device=device,
+        devices=devices,
         precision=precision,
         seed=seed,
     )

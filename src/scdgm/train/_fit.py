@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -107,6 +108,45 @@ def _run_epoch(module: Any, batches: Iterable[dict], step_fn: Any) -> tuple[dict
     return sums, n_cells
 
 
+class _Shard:
+    """Every ``world_size``-th minibatch of an epoch, from ``rank`` on: one process's part under DDP.
+
+    Every process draws the same shuffled order (same seed), so the shards are disjoint and cover
+    the epoch; each gets the same number of batches (the remainder is dropped), as the gradient
+    all-reduce of every step needs all processes.
+    """
+
+    def __init__(self, batches: Iterable[dict], rank: int, world_size: int) -> None:
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.batches) // self.world_size  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[dict]:
+        n = len(self) * self.world_size
+        for i, batch in enumerate(self.batches):
+            if i >= n:
+                break
+            if i % self.world_size == self.rank:
+                yield batch
+
+
+@dataclass
+class _Options:
+    max_epochs: int
+    lr: float
+    weight_decay: float
+    max_grad_norm: float | None
+    beta: float
+    kl_warmup_epochs: int
+    early_stopping: bool
+    patience: int
+    min_delta: float
+    device: str
+    show: bool
+    description: str
+
+
 def fit(
     module: torch.nn.Module,
     train: Iterable[dict],
@@ -122,15 +162,17 @@ def fit(
     patience: int = 30,
     min_delta: float = 0.0,
     device: str = "cpu",
+    devices: int = 1,
     precision: str = "32-true",
+    seed: int = 0,
     progress_bar: bool | None = None,
     description: str = "training",
 ) -> TrainResult:
     """Train ``module`` with Adam, KL warm-up and early stopping, on the device its batches live on.
 
     ``module(batch, kl_weight=...)`` must return a :class:`~scdgm.modules.LossOutput`; batches are
-    dicts of tensors already on ``device`` (see :class:`scdgm.data.MiniBatches`). Devices and
-    mixed precision go through Lightning Fabric.
+    dicts of tensors already on ``device`` (see :class:`scdgm.data.MiniBatches`). Devices, data
+    parallelism and mixed precision go through Lightning Fabric.
 
     Parameters
     ----------
@@ -154,8 +196,16 @@ def fit(
         best epoch are restored.
     device
         Torch device string, already resolved (not ``"auto"``).
+    devices
+        Processes of data-parallel training (DDP, started with ``spawn``): each takes every
+        ``devices``-th minibatch and gradients are averaged across them every step, so an epoch
+        has ``devices`` times fewer steps. On ``"cuda"`` one GPU each, on ``"cpu"`` one process
+        each (to test the path). Loss histories are averaged over processes.
     precision
         Fabric precision: ``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``.
+    seed
+        Seeds the spawned processes (process ``r`` with ``seed + r``) when ``devices > 1``; a
+        single process trains with the caller's random state.
     progress_bar
         Show a progress bar; ``None`` follows ``scdgm.settings.progress_bar``.
     description
@@ -166,33 +216,116 @@ def fit(
     :class:`TrainResult` with the per-epoch history and what the run did.
     """
     import torch
+    import torch.multiprocessing
     from lightning.fabric import Fabric
-    from tqdm.auto import tqdm
 
     if max_epochs < 1:
         msg = f"max_epochs must be at least 1, not {max_epochs}."
         raise ValueError(msg)
-    n_steps_per_epoch = len(train)  # type: ignore[arg-type]
-    if n_steps_per_epoch == 0:
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        msg = f"devices must be a positive integer, not {devices!r}."
+        raise ValueError(msg)
+    if len(train) // devices == 0:  # type: ignore[arg-type]
         msg = "The training set yields no minibatch: lower batch_size or pass more cells."
         raise ValueError(msg)
-    warmup = KLWarmup(beta, kl_warmup_epochs * n_steps_per_epoch)
+    options = _Options(
+        max_epochs=max_epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
+        beta=beta,
+        kl_warmup_epochs=kl_warmup_epochs,
+        early_stopping=early_stopping,
+        patience=patience,
+        min_delta=min_delta,
+        device=device,
+        show=settings.progress_bar if progress_bar is None else progress_bar,
+        description=description,
+    )
+    accelerator, one_device = _accelerator(device)
+    if devices == 1:
+        fabric = Fabric(accelerator=accelerator, devices=one_device, precision=precision)
+        return _train(fabric, module, train, validation, options)
+    if accelerator not in ("cpu", "cuda"):
+        msg = f"devices={devices} needs device='cuda' (the first {devices} GPUs) or 'cpu', not {device!r}."
+        raise ValueError(msg)
+    from ..data import InMemoryStore
 
-    accelerator, devices = _accelerator(device)
-    fabric = Fabric(accelerator=accelerator, devices=devices, precision=precision)
+    for batches in (train, validation):
+        if batches is not None and not isinstance(getattr(batches, "store", None), InMemoryStore):
+            msg = f"devices={devices} needs the data in memory; streamed (backed) data trains on one device."
+            raise ValueError(msg)
+    fabric = Fabric(accelerator=accelerator, devices=devices, strategy="ddp_spawn", precision=precision)
+    # Spawned processes get pickled copies of the module and the batches, sent from the CPU; each
+    # moves them to its own device, and process 0 sends the trained weights back.
+    train, validation = _to_device(train, "cpu"), _to_device(validation, "cpu")
+    # torch's default sharing of tensors with spawned processes passes one file descriptor per
+    # tensor, and a module whose tensors share storage passes one twice, which Python's spawn
+    # refuses; sharing through named shared memory has neither limit.
+    strategy = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        state, result = fabric.launch(_train_process, module.cpu(), train, validation, options, seed)
+    finally:
+        torch.multiprocessing.set_sharing_strategy(strategy)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    module.to(device).eval()
+    return result
+
+
+def _train_process(
+    fabric: Any, module: torch.nn.Module, train: Any, validation: Any, options: _Options, seed: int
+) -> tuple[dict[str, torch.Tensor], TrainResult]:
+    """One process of data-parallel training; process 0 returns the weights and the result."""
+    import torch
+
+    torch.manual_seed(seed + fabric.global_rank)
+    device = str(fabric.device)
+    if device != options.device:
+        module, train, validation = module.to(device), _to_device(train, device), _to_device(validation, device)
+        options = dataclasses.replace(options, device=device)
+    # Training batches are shared out; every process scores all validation cells (a forward pass
+    # only), and the epoch means are averaged over processes so they all take the same decisions.
+    train = _Shard(train, fabric.global_rank, fabric.world_size)
+    options = dataclasses.replace(options, show=options.show and fabric.global_rank == 0)
+    result = _train(fabric, module, train, validation, options)
+    # numpy, not tensors: torch would hand tensors over through this process's file descriptors,
+    # gone once it exits
+    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}, result
+
+
+def _to_device(batches: Any, device: str) -> Any:
+    """The same minibatches with their store moved to ``device`` (a spawned process's own GPU)."""
+    if batches is None or not hasattr(batches, "store"):
+        return batches
+    moved = copy.copy(batches)
+    moved.store = batches.store.to(device)
+    return moved
+
+
+def _train(fabric: Any, module: Any, train: Any, validation: Any, options: _Options) -> TrainResult:
+    """The training loop proper, in one process (of one or several)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    n_steps_per_epoch = len(train)
+    warmup = KLWarmup(options.beta, options.kl_warmup_epochs * n_steps_per_epoch)
     # The fused kernel updates every parameter in one pass instead of one pass per tensor operation:
     # about 1 ms of a 15 ms VAE step on two CPU cores, and fewer kernel launches on a GPU.
-    fused = torch.device(device).type in ("cpu", "cuda")
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay, eps=0.01, fused=fused)
+    fused = torch.device(options.device).type in ("cpu", "cuda")
+    optimizer = torch.optim.Adam(
+        module.parameters(), lr=options.lr, weight_decay=options.weight_decay, eps=0.01, fused=fused
+    )
     fmodule, foptimizer = fabric.setup(module, optimizer, move_to_device=False)
+    distributed = fabric.world_size > 1
 
     def train_step(batch: dict) -> Any:
         nonlocal step
         out = fmodule(batch, kl_weight=warmup.weight(step))
         foptimizer.zero_grad(set_to_none=True)
         fabric.backward(out.loss)
-        if max_grad_norm is not None:
-            fabric.clip_gradients(fmodule, foptimizer, max_norm=max_grad_norm, error_if_nonfinite=False)
+        if options.max_grad_norm is not None:
+            fabric.clip_gradients(fmodule, foptimizer, max_norm=options.max_grad_norm, error_if_nonfinite=False)
         foptimizer.step()
         step += 1
         return out
@@ -200,27 +333,33 @@ def fit(
     def validation_step(batch: dict) -> Any:
         return fmodule(batch, kl_weight=warmup.weight(max(step - 1, 0)))
 
-    has_validation = validation is not None and len(validation) > 0  # type: ignore[arg-type]
+    def epoch_means(sums: dict[str, torch.Tensor], n_cells: int, prefix: str) -> dict[str, float]:
+        if distributed:
+            # every process must see the same means, or their early-stopping decisions would differ
+            sums = {k: fabric.all_reduce(v, reduce_op="sum") for k, v in sorted(sums.items())}
+            n_cells = int(fabric.all_reduce(torch.tensor(float(n_cells), device=fabric.device), reduce_op="sum"))
+        return _epoch_means(sums, n_cells, prefix)
+
+    has_validation = validation is not None and len(validation) > 0
     result = TrainResult()
     history: dict[str, list[float]] = {"epoch": [], "kl_weight": []}
     best_value, best_state, epochs_without_gain = math.inf, None, 0
     step = 0
-    show = settings.progress_bar if progress_bar is None else progress_bar
     train_seconds, train_cells = 0.0, 0
     start = time.perf_counter()
-    bar = tqdm(range(max_epochs), desc=description, disable=not show, leave=False)
+    bar = tqdm(range(options.max_epochs), desc=options.description, disable=not options.show, leave=False)
     for epoch in bar:
         fmodule.train()
         t0 = time.perf_counter()
         sums, n_cells = _run_epoch(fmodule, train, train_step)
-        means = _epoch_means(sums, n_cells, "train")
+        means = epoch_means(sums, n_cells, "train")
         train_seconds += time.perf_counter() - t0
-        train_cells += n_cells
+        train_cells += n_cells * fabric.world_size
         if has_validation:
             fmodule.eval()
             with torch.inference_mode():
                 val_sums, val_cells = _run_epoch(fmodule, validation, validation_step)
-            means.update(_epoch_means(val_sums, val_cells, "validation"))
+            means.update(epoch_means(val_sums, val_cells, "validation"))
         if not all(math.isfinite(v) for v in means.values()):
             msg = (
                 f"The loss became {means} at epoch {epoch}. Lower lr, check the input for extreme "
@@ -239,15 +378,16 @@ def fit(
         if not has_validation or not warmup.done(step - 1):
             result.best_epoch = epoch
             continue
-        if current < best_value - min_delta:
+        if current < best_value - options.min_delta:
             best_value, epochs_without_gain, result.best_epoch = current, 0, epoch
             best_state = copy.deepcopy(module.state_dict())
         else:
             epochs_without_gain += 1
-            if early_stopping and epochs_without_gain >= patience:
+            if options.early_stopping and epochs_without_gain >= options.patience:
                 result.stopped_early = True
                 logger.info(
-                    f"    early stopping at epoch {epoch}: no gain in validation {result.monitor} for {patience} epochs"
+                    f"    early stopping at epoch {epoch}: no gain in validation {result.monitor} for "
+                    f"{options.patience} epochs"
                 )
                 break
     bar.close()
