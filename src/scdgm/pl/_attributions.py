@@ -16,7 +16,7 @@ def _chosen_targets(targets: Sequence[int | str] | None, names: list[str]) -> li
     if targets is None:
         return list(range(len(names)))
     out = []
-    for t in [targets] if isinstance(targets, str | int) else targets:
+    for t in [targets] if isinstance(targets, str | int | np.integer) else targets:
         if isinstance(t, str):
             if t not in names:
                 msg = f"target {t!r} is not one of {names}."
@@ -113,7 +113,7 @@ def attributions(
     if rank_by not in {"absolute", "positive", "negative"}:
         msg = f"rank_by={rank_by!r} is not supported. Choose 'absolute', 'positive' or 'negative'."
         raise ValueError(msg)
-    if isinstance(n_top, bool) or not isinstance(n_top, int) or n_top < 1:
+    if isinstance(n_top, bool) or not isinstance(n_top, int | np.integer) or n_top < 1:
         msg = f"n_top must be an integer >= 1, not {n_top!r}."
         raise ValueError(msg)
     entry = adata.uns[keys.uns]
