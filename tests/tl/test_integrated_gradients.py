@@ -232,3 +232,27 @@ def test_ldvae_factors_follow_the_rotation():
     sums = _per_cell(adata, "ig_ldvae", names).sum(-1)
     change = adata.obsm["X_ldvae"] - at_zero
     assert np.median(np.abs(sums - change).max(1) / np.abs(change).max(1)) < 0.05
+
+
+def test_scvi_model_encoder(fitted):
+    """The same call attributes the latent means of a trained scvi-tools SCVI, completely."""
+    scvi = pytest.importorskip("scvi")
+    scvi.settings.seed = 0
+    adata = fitted.copy()
+    scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key="batch")
+    model = scvi.model.SCVI(adata, n_latent=3, n_hidden=16)
+    model.train(max_epochs=2, accelerator="cpu", enable_progress_bar=False, logger=False, enable_checkpointing=False)
+    dgm.tl.integrated_gradients(adata, scvi_model=model, store_per_cell=True, n_steps=200)
+    entry = adata.uns["ig_scvi"]
+    names = list(entry["targets"])
+    assert names == ["latent_0", "latent_1", "latent_2"] and adata.varm["ig_scvi"].shape == (adata.n_vars, 3)
+    # completeness against scvi-tools' own latent means: F(x) - F(0) per cell, F(0) from its encoder
+    sums = _per_cell(adata, "ig_scvi", names).sum(-1)
+    latent = model.get_latent_representation(adata)
+    module = model.module.cpu().eval()
+    codes = torch.as_tensor(adata.obs["batch"].cat.codes.to_numpy().copy(), dtype=torch.long)[:, None]
+    with torch.no_grad():
+        at_zero = module.z_encoder(torch.zeros(adata.n_obs, adata.n_vars), codes)[0].loc.numpy()
+    change = latent - at_zero
+    assert np.median(np.abs(sums - change).max(1) / np.abs(change).max(1)) < 0.02
+    assert "ig_vae" not in adata.varm
