@@ -4,5 +4,6 @@ from ._attributions import attributions
 from ._history import history
 from ._latent import latent
 from ._loadings import loadings
+from ._uncertainty import uncertainty
 
-__all__ = ["attributions", "history", "latent", "loadings"]
+__all__ = ["attributions", "history", "latent", "loadings", "uncertainty"]

@@ -1,0 +1,202 @@
+"""``pl.uncertainty``: how far to trust ``tl.bayes_classify`` — a reliability diagram and the epistemic uncertainty."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from anndata import AnnData
+
+from .._keys import ClassifierKeys
+from ._utils import finish
+
+KINDS = ("reliability", "embedding")
+
+
+def _entry(adata: AnnData, key: str) -> dict[str, Any]:
+    entry = adata.uns.get(key)
+    if not isinstance(entry, dict) or "classes" not in entry:
+        msg = (
+            f"Did not find a Bayesian classifier in .uns[{key!r}]. "
+            f"Run `dgm.tl.bayes_classify(adata, labels_key, key_added={key!r})` first."
+        )
+        raise KeyError(msg)
+    return entry
+
+
+def _kinds(kind: str | Sequence[str]) -> list[str]:
+    kinds = [kind] if isinstance(kind, str) else list(kind)
+    unknown = [k for k in kinds if k not in KINDS]
+    if not kinds or unknown:
+        msg = f"kind={kind!r} is not supported. Choose one or both of {list(KINDS)}."
+        raise ValueError(msg)
+    return kinds
+
+
+def _reliability(panel: Any, entry: dict[str, Any], key: str, color: str) -> None:
+    calibration = entry.get("calibration")
+    if not isinstance(calibration, dict) or "accuracy" not in calibration:
+        msg = (
+            f".uns[{key!r}] holds no held-out calibration (was the classifier trained with validation_fraction=0?). "
+            "Hold cells out (validation_fraction > 0) to draw a reliability diagram."
+        )
+        raise KeyError(msg)
+    edges = np.asarray(calibration["edges"], dtype=float)
+    accuracy = np.asarray(calibration["accuracy"], dtype=float)
+    confidence = np.asarray(calibration["confidence"], dtype=float)
+    count = np.asarray(calibration["count"])
+    filled = count > 0
+    left, width = edges[:-1][filled], np.diff(edges)[filled]
+    panel.bar(left, accuracy[filled], width=width, align="edge", color=color, edgecolor="white", label="accuracy")
+    # The gap between the confidence and the accuracy of each bin: what the ECE averages.
+    panel.bar(
+        left,
+        confidence[filled] - accuracy[filled],
+        bottom=accuracy[filled],
+        width=width,
+        align="edge",
+        color="none",
+        edgecolor="tab:red",
+        hatch="//",
+        linewidth=0.5,
+        label="gap to confidence",
+    )
+    panel.plot([0, 1], [0, 1], linestyle="--", color="0.4", linewidth=1, label="perfect calibration")
+    panel.set_xlim(0, 1)
+    panel.set_ylim(0, 1)
+    panel.set_xlabel("confidence (mean predicted probability)")
+    panel.set_ylabel("accuracy")
+    ece = entry.get("metrics", {}).get("ece")
+    n_cells = int(count.sum())
+    title = f"reliability ({n_cells} held-out cells)"
+    if ece is not None:
+        title = f"ECE = {float(ece):.3f} ({n_cells} held-out cells)"
+    panel.set_title(title)
+    panel.legend(frameon=False, fontsize="small", loc="upper left")
+
+
+def _embedding(
+    adata: AnnData,
+    panel: Any,
+    entry: dict[str, Any],
+    keys: ClassifierKeys,
+    *,
+    basis: str | None,
+    method: str,
+    **kwargs: Any,
+) -> Any:
+    import scanpy as sc
+
+    from ._latent import latent
+
+    color = keys.epistemic
+    if color not in adata.obs:
+        msg = f"Did not find .obs[{color!r}]. Run `dgm.tl.bayes_classify(adata, labels_key, key_added={keys.stem!r})` first."
+        raise KeyError(msg)
+    kwargs.setdefault("title", "epistemic uncertainty (nats)")
+    kwargs.setdefault("color_map", "viridis")
+    if basis is not None:
+        if basis not in adata.obsm:
+            msg = f"basis={basis!r} is not in adata.obsm (available: {list(adata.obsm.keys())})."
+            raise KeyError(msg)
+        return sc.pl.embedding(adata, basis=basis, color=color, ax=panel, show=False, **kwargs)
+    use_rep = entry.get("params", {}).get("use_rep")
+    if use_rep is None or not str(use_rep).startswith("X_"):
+        where = "genes" if use_rep is None else f".obsm[{use_rep!r}]"
+        msg = (
+            f"The classifier in .uns[{keys.stem!r}] was trained on {where}, which pl.uncertainty cannot lay out by "
+            "itself: pass basis= naming a 2-D embedding in .obsm (e.g. basis='X_umap' after `sc.tl.umap`)."
+        )
+        raise ValueError(msg)
+    return latent(adata, key=str(use_rep)[2:], color=color, method=method, ax=panel, show=False, **kwargs)
+
+
+def uncertainty(
+    adata: AnnData,
+    *,
+    key: str = "bayes",
+    kind: str | Sequence[str] = KINDS,
+    basis: str | None = None,
+    method: Literal["umap", "tsne", "pca", "none"] = "umap",
+    color: str = "tab:blue",
+    ax: Any = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Plot how far the predictions of :func:`scdgm.tl.bayes_classify` can be trusted.
+
+    Two panels: a reliability diagram of the held-out cells (``"reliability"``) — bars of the accuracy
+    per confidence bin from ``.uns[key]["calibration"]``, hatched up to the bin's mean confidence, with
+    the diagonal of perfect calibration and the expected calibration error in the title — and the
+    embedding of the cells coloured by their epistemic uncertainty, ``.obs["<key>_epistemic"]``
+    (``"embedding"``), where cells of types the classifier never saw stand out.
+
+    Parameters
+    ----------
+    adata
+        AnnData that :func:`scdgm.tl.bayes_classify` (or :func:`scdgm.tl.bayes_predict`) wrote into.
+    key
+        ``key_added`` of that call.
+    kind
+        ``"reliability"``, ``"embedding"``, or both (default), one panel each, in that order.
+    basis
+        ``.obsm`` key of a 2-D embedding to draw (e.g. ``"X_umap"``). By default the classifier's
+        input ``use_rep`` (e.g. ``"X_vae"``) laid out by :func:`scdgm.pl.latent` (UMAP, cached in
+        ``.obsm["X_vae_umap"]``); a classifier trained on genes needs ``basis``.
+    method
+        Layout of the default embedding, as in :func:`scdgm.pl.latent` (``"umap"``, ``"tsne"``,
+        ``"pca"``, or ``"none"`` for the first two dimensions); unused with ``basis``.
+    color
+        Colour of the accuracy bars.
+    ax
+        Matplotlib Axes to draw into, when one ``kind`` is drawn.
+    show
+        Show the plot; ``None`` follows scanpy's ``autoshow``.
+    return_fig
+        Return the Figure instead of the Axes.
+    **kwargs
+        Passed on to :func:`scanpy.pl.embedding` for the embedding (``color_map``, ``vmax``, ``size``, ...).
+
+    Returns
+    -------
+    The Axes of one panel or the list of Axes (reliability first), the Figure with
+    ``return_fig=True``, or ``None`` when shown. Drawing the default embedding may write the cached
+    2-D view of :func:`scdgm.pl.latent` (``.obsm["<use_rep>_umap"]``).
+
+    Examples
+    --------
+    >>> import scdgm as dgm
+    >>> adata = dgm.datasets.pbmc68k()
+    >>> dgm.tl.vae(adata)  # doctest: +SKIP
+    >>> dgm.tl.bayes_classify(adata, "cell_type")  # doctest: +SKIP
+    >>> dgm.pl.uncertainty(adata)  # doctest: +SKIP
+    >>> dgm.pl.uncertainty(adata, kind="reliability")  # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+
+    entry = _entry(adata, key)
+    kinds = _kinds(kind)
+    if ax is not None and len(kinds) != 1:
+        msg = f"ax= takes one panel, but {len(kinds)} kinds were asked for: pass kind='reliability' or 'embedding', or ax=None."
+        raise ValueError(msg)
+    if ax is None:
+        fig, grid = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 4), squeeze=False)
+        axes = list(grid[0])
+    else:
+        fig, axes = ax.figure, [ax]
+    keys = ClassifierKeys(key)
+    try:
+        for name, panel in zip(kinds, axes, strict=True):
+            if name == "reliability":
+                _reliability(panel, entry, key, color)
+            else:
+                _embedding(adata, panel, entry, keys, basis=basis, method=method, **kwargs)
+    except Exception:
+        if ax is None:
+            plt.close(fig)
+        raise
+    if ax is None:
+        fig.tight_layout()
+    return finish(fig, axes[0] if len(axes) == 1 else axes, show=show, return_fig=return_fig)

@@ -1,0 +1,343 @@
+"""``tl.bayes_classify`` / ``tl.bayes_predict`` on small AnnData, and the calibration metrics they share."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import scdgm as dgm
+from scdgm._warnings import ScdgmWarning
+from scdgm.tl._bayes import (
+    auroc,
+    brier_score,
+    calibration_bins,
+    classification_metrics,
+    expected_calibration_error,
+    negative_log_likelihood,
+)
+
+N_UNLABELLED = 20
+FIT = {"max_epochs": 30, "batch_size": 32, "num_samples": 50, "seed": 0}
+
+
+def _base():
+    adata = dgm.datasets.simulate(200, 40, n_cell_types=3, marker_fold_change=10.0, seed=8)
+    adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()  # no all-zero genes
+    adata.layers["log"] = np.log1p(adata.X.toarray())
+    centred = adata.layers["log"] - adata.layers["log"].mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    adata.obsm["X_rep"] = (centred @ vt[:5].T).astype(np.float32)
+    labels = adata.obs["cell_type"].astype(object).copy()
+    hidden = np.random.default_rng(0).choice(adata.n_obs, N_UNLABELLED, replace=False)
+    labels.iloc[hidden] = np.nan
+    adata.obs["label"] = pd.Categorical(labels)
+    adata.obs["hidden"] = np.isin(np.arange(adata.n_obs), hidden)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def _fitted():
+    dgm.settings.progress_bar = False
+    dgm.settings.verbosity = 1
+    adata = _base()
+    dgm.tl.bayes_classify(adata, "label", use_rep="X_rep", **FIT)
+    return adata
+
+
+@pytest.fixture
+def fitted(_fitted):
+    """200 simulated cells, 5-D ``X_rep``, 20 cells without a label, a classifier in .uns["bayes"]."""
+    return _fitted.copy()
+
+
+@pytest.fixture
+def base():
+    return _base()
+
+
+def _snapshot(adata):
+    return {slot: set(getattr(adata, slot).keys()) for slot in ("obs", "obsm", "varm", "layers", "uns")}
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics
+def test_ece_on_a_tiny_example():
+    proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
+    labels = np.array([0, 1, 1, 1])
+    # confidences 0.9, 0.8, 0.7, 0.55 in bins (0.8667, 0.9333], (0.7333, 0.8], (0.6667, 0.7333], (0.5333, 0.6]
+    # correct: yes, no, yes, yes -> |1 - 0.9| + |0 - 0.8| + |1 - 0.7| + |1 - 0.55| over 4 cells
+    assert expected_calibration_error(proba, labels) == pytest.approx((0.1 + 0.8 + 0.3 + 0.45) / 4)
+    # two bins: (0, 0.5] empty, (0.5, 1] holds all: |3/4 - mean confidence 0.7375|
+    assert expected_calibration_error(proba, labels, n_bins=2) == pytest.approx(abs(0.75 - 0.7375))
+    bins = calibration_bins(proba, labels, n_bins=2)
+    np.testing.assert_array_equal(bins["count"], [0, 4])
+    np.testing.assert_allclose(bins["edges"], [0, 0.5, 1])
+    assert np.isnan(bins["accuracy"][0]) and bins["accuracy"][1] == pytest.approx(0.75)
+    assert bins["confidence"][1] == pytest.approx(0.7375)
+    perfect = np.eye(3)[[0, 1, 2, 0]]
+    assert expected_calibration_error(perfect, np.array([0, 1, 2, 0])) == 0.0
+
+
+def test_nll_brier_and_classification_metrics():
+    proba = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.5, 0.25, 0.25]])
+    labels = np.array([0, 1, 0])
+    expected_nll = -(np.log(0.7) + np.log(0.1) + np.log(0.5)) / 3
+    assert negative_log_likelihood(proba, labels) == pytest.approx(expected_nll)
+    brier = ((0.3**2 + 0.2**2 + 0.1**2) + (0.1**2 + 0.9**2 + 0.8**2) + (0.5**2 + 0.25**2 + 0.25**2)) / 3
+    assert brier_score(proba, labels) == pytest.approx(brier)
+    metrics = classification_metrics(proba, labels)
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+    assert metrics["nll"] == pytest.approx(expected_nll) and metrics["brier"] == pytest.approx(brier)
+    assert metrics["n_cells"] == 3
+    # a zero probability for the true class is floored, not infinite
+    assert np.isfinite(negative_log_likelihood(np.array([[1.0, 0.0]]), np.array([1])))
+    with pytest.raises(ValueError, match="class codes"):
+        classification_metrics(proba, np.array([0, 3, 1]))
+    with pytest.raises(ValueError, match="must be"):
+        brier_score(proba, labels[:2])
+
+
+def test_auroc():
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.2])
+    positive = np.array([False, False, True, True, False])
+    # pairs (positive, negative) ranked right: 0.35 > 0.1, 0.2 (not 0.4); 0.8 > all three -> 5 of 6
+    assert auroc(scores, positive) == pytest.approx(5 / 6)
+    assert auroc(np.array([1.0, 1.0]), np.array([True, False])) == pytest.approx(0.5)
+    assert np.isnan(auroc(scores, np.ones(5, bool)))
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    s, p = rng.normal(size=50), rng.random(50) < 0.3
+    assert auroc(s, p) == pytest.approx(metrics.roc_auc_score(p, s))
+
+
+# --------------------------------------------------------------------------------------------------
+# outputs
+def test_writes_every_output(fitted):
+    n, classes = fitted.n_obs, ["type_0", "type_1", "type_2"]
+    entry = fitted.uns["bayes"]
+    assert list(entry["classes"]) == classes
+    proba = fitted.obsm["bayes_proba"]
+    assert proba.shape == (n, 3) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+    pred = fitted.obs["bayes_pred"]
+    assert list(pred.cat.categories) == classes
+    np.testing.assert_array_equal(pred.cat.codes.to_numpy(), proba.argmax(1))
+    np.testing.assert_allclose(fitted.obs["bayes_confidence"], proba.max(1), rtol=1e-5)
+    p = proba.astype(np.float64)
+    entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(1)
+    np.testing.assert_allclose(fitted.obs["bayes_entropy"], entropy, rtol=1e-3, atol=1e-5)
+    epistemic = fitted.obs["bayes_epistemic"].to_numpy()
+    assert np.all(epistemic >= 0) and np.all(epistemic <= fitted.obs["bayes_entropy"].to_numpy() + 1e-6)
+    assert epistemic.max() > 0
+    threshold = entry["unknown_threshold"]
+    np.testing.assert_array_equal(fitted.obs["bayes_unknown"].to_numpy(), epistemic > threshold)
+    assert fitted.obs["bayes_unknown"].dtype == bool
+
+    metrics = entry["metrics"]
+    val = entry["split"]["validation_indices"]
+    codes = fitted.obs["label"].cat.codes.to_numpy()
+    assert metrics["n_validation"] == len(val) == 36 and metrics["n_train"] == 200 - N_UNLABELLED - 36
+    assert np.all(codes[val] >= 0)  # only labelled cells are held out
+    expected = classification_metrics(proba[val], codes[val])
+    for name in ("accuracy", "ece", "nll", "brier"):
+        assert metrics[name] == pytest.approx(expected[name], rel=1e-4, abs=1e-6), name
+    assert metrics["accuracy"] > 0.8
+    calibration = entry["calibration"]
+    assert len(calibration["edges"]) == 16 and calibration["count"].sum() == len(val)
+    # default threshold: the 0.95 quantile of the held-out epistemic uncertainty
+    assert threshold == pytest.approx(np.quantile(epistemic[val], 0.95), rel=1e-5)
+    assert entry["unknown_threshold_source"] == "validation_quantile"
+    assert metrics["unknown_rate_validation"] == pytest.approx(np.mean(epistemic[val] > threshold))
+    assert 0 < metrics["unknown_rate_validation"] <= 0.1
+    params = entry["params"]
+    assert params["labels_key"] == "label" and params["use_rep"] == "X_rep" and params["max_epochs"] == 30
+    assert params["inference"] == "svi" and params["seed"] == 0 and "scdgm_version" in params
+    assert entry["model"]["class_name"] == "BayesianClassifierModule"
+    assert {"train_loss", "validation_loss", "train_kl"} <= set(entry["history"])
+
+
+def test_cells_without_a_label_are_annotated(fitted):
+    hidden = fitted.obs["hidden"].to_numpy()
+    assert fitted.obs["label"].isna().to_numpy()[hidden].all()
+    pred = fitted.obs["bayes_pred"]
+    assert pred.notna().all()
+    truth = fitted.obs["cell_type"].astype(str).to_numpy()
+    assert np.mean(pred.astype(str).to_numpy()[hidden] == truth[hidden]) >= 0.85  # largest class: 35 %
+
+
+def test_user_threshold_and_copy(base):
+    before = _snapshot(base)
+    out = dgm.tl.bayes_classify(base, "label", use_rep="X_rep", unknown_threshold=0.0, copy=True, key_added="b", **FIT)
+    assert _snapshot(base) == before
+    assert out.uns["b"]["unknown_threshold"] == 0.0 and out.uns["b"]["unknown_threshold_source"] == "user"
+    np.testing.assert_array_equal(out.obs["b_unknown"], out.obs["b_epistemic"] > 0)
+    assert "b_proba" in out.obsm and "b_pred" in out.obs
+
+
+def test_same_seed_same_result(fitted, base):
+    dgm.tl.bayes_classify(base, "label", use_rep="X_rep", **FIT)
+    np.testing.assert_array_equal(base.obsm["bayes_proba"], fitted.obsm["bayes_proba"])
+    np.testing.assert_array_equal(base.obs["bayes_epistemic"], fitted.obs["bayes_epistemic"])
+    assert base.uns["bayes"]["metrics"]["nll"] == fitted.uns["bayes"]["metrics"]["nll"]
+    dgm.tl.bayes_classify(base, "label", use_rep="X_rep", key_added="other", **{**FIT, "seed": 1})
+    assert not np.allclose(base.obsm["other_proba"], fitted.obsm["bayes_proba"])
+
+
+def test_on_a_layer_of_genes(base):
+    dgm.tl.bayes_classify(base, "label", use_rep=None, layer="log", n_layers=0, **FIT)
+    entry = base.uns["bayes"]
+    assert entry["params"]["layer"] == "log" and "use_rep" not in entry["params"]
+    assert entry["model"]["init_kwargs"]["n_input"] == base.n_vars
+    assert list(entry["model"]["var_names"]) == list(base.var_names)
+    assert entry["metrics"]["accuracy"] > 0.8
+
+
+# --------------------------------------------------------------------------------------------------
+# the stored model
+def test_predict_reproduces_the_written_results(fitted):
+    dgm.tl.bayes_predict(fitted, fitted, key_added="again", seed=0)
+    np.testing.assert_allclose(fitted.obsm["again_proba"], fitted.obsm["bayes_proba"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(fitted.obs["again_pred"], fitted.obs["bayes_pred"])
+    assert fitted.uns["again"]["unknown_threshold"] == fitted.uns["bayes"]["unknown_threshold"]
+    assert fitted.uns["again"]["unknown_threshold_source"] == "reference"
+
+
+def test_predict_on_another_anndata(fitted):
+    query = ad.AnnData(np.zeros((30, 2), dtype=np.float32))
+    query.obsm["X_rep"] = fitted.obsm["X_rep"][:30]
+    dgm.tl.bayes_predict(query, fitted, seed=0)
+    np.testing.assert_allclose(query.obsm["bayes_proba"], fitted.obsm["bayes_proba"][:30], rtol=1e-5, atol=1e-6)
+    assert list(query.obs["bayes_pred"].cat.categories) == list(fitted.uns["bayes"]["classes"])
+    assert {"bayes_confidence", "bayes_entropy", "bayes_epistemic", "bayes_unknown"} <= set(query.obs)
+    assert query.uns["bayes"]["metrics"]["nll"] == fitted.uns["bayes"]["metrics"]["nll"]
+    out = dgm.tl.bayes_predict(query, fitted, key_added="q", unknown_threshold=0.0, copy=True)
+    assert "q_proba" not in query.obsm and out.uns["q"]["unknown_threshold_source"] == "user"
+
+
+def test_predict_on_genes_matches_by_name(base):
+    dgm.tl.bayes_classify(base, "label", use_rep=None, layer="log", n_layers=0, **FIT)
+    order = np.random.default_rng(1).permutation(base.n_vars)
+    query = base[:, order].copy()
+    dgm.tl.bayes_predict(query, base, key_added="q")
+    np.testing.assert_allclose(query.obsm["q_proba"], base.obsm["bayes_proba"], rtol=1e-5, atol=1e-6)
+    missing = base[:, 5:].copy()
+    before = _snapshot(missing)
+    with pytest.raises(ValueError, match="5 of them are missing"):
+        dgm.tl.bayes_predict(missing, base)
+    assert _snapshot(missing) == before
+
+
+def test_predict_refuses_another_representation(fitted):
+    query = ad.AnnData(np.zeros((10, 2), dtype=np.float32))
+    query.obsm["X_rep"] = np.zeros((10, 7), dtype=np.float32)
+    with pytest.raises(
+        ValueError, match=r"trained on 5 columns of .obsm\['X_rep'\], but this AnnData's .obsm\['X_rep'\] has 7"
+    ):
+        dgm.tl.bayes_predict(query, fitted)
+    with pytest.raises(ValueError, match=r"reads .obsm\['X_rep'\], not genes: layer='log' does not apply"):
+        dgm.tl.bayes_predict(query, fitted, layer="log")
+    del query.obsm["X_rep"]
+    with pytest.raises(KeyError, match="'X_rep' is not in adata.obsm"):
+        dgm.tl.bayes_predict(query, fitted)
+    with pytest.raises(KeyError, match="Run `dgm.tl.bayes_classify"):
+        dgm.tl.bayes_predict(query, fitted, key="nothing")
+    query.obsm["X_rep"] = np.full((10, 5), np.nan, dtype=np.float32)
+    with pytest.raises(ValueError, match="NaN"):
+        dgm.tl.bayes_predict(query, fitted)
+    assert _snapshot(query) == {"obs": set(), "obsm": {"X_rep"}, "varm": set(), "layers": set(), "uns": set()}
+
+
+def test_h5ad_round_trip(fitted, tmp_path):
+    path = tmp_path / "bayes.h5ad"
+    fitted.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    entry = back.uns["bayes"]
+    assert list(entry["classes"]) == ["type_0", "type_1", "type_2"]
+    np.testing.assert_array_equal(entry["calibration"]["count"], fitted.uns["bayes"]["calibration"]["count"])
+    original, rebuilt = dgm.get_model(fitted, "bayes"), dgm.get_model(back, "bayes")
+    for name, tensor in original.state_dict().items():
+        np.testing.assert_array_equal(rebuilt.state_dict()[name].numpy(), tensor.numpy())
+    dgm.tl.bayes_predict(back, back, key_added="again", seed=3)
+    dgm.tl.bayes_predict(fitted, fitted, key_added="again", seed=3)
+    np.testing.assert_array_equal(back.obsm["again_proba"], fitted.obsm["again_proba"])
+    np.testing.assert_allclose(back.obsm["bayes_proba"], fitted.obsm["bayes_proba"])
+
+
+def test_nuts_on_a_tiny_problem(base):
+    small = base[:, :3].copy()
+    small.obsm["X_rep"] = base.obsm["X_rep"][:, :2]
+    dgm.tl.bayes_classify(small, "label", use_rep="X_rep", inference="nuts", n_layers=0, num_samples=20, num_warmup=20)
+    entry = small.uns["bayes"]
+    metrics = entry["metrics"]
+    assert {"divergences", "acceptance_rate", "step_size", "seconds"} <= set(metrics)
+    assert metrics["seconds"] > 0 and metrics["accuracy"] > 0.6
+    assert entry["params"]["inference"] == "nuts" and entry["model"]["init_kwargs"]["n_posterior_samples"] == 20
+    np.testing.assert_allclose(small.obsm["bayes_proba"].sum(1), 1.0, atol=1e-5)
+    module = dgm.get_model(small, "bayes")
+    assert module.inference == "nuts" and module.posterior.weight_0.shape == (20, 3, 2)
+    dgm.tl.bayes_predict(small, small, key_added="again")
+    np.testing.assert_allclose(small.obsm["again_proba"], small.obsm["bayes_proba"], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# bad input: a clear error, and nothing written
+def _fails(adata, error, match, **kwargs):
+    before = _snapshot(adata)
+    args = {"use_rep": "X_rep", **FIT, **kwargs}
+    labels_key = args.pop("labels_key", "label")
+    with pytest.raises(error, match=match):
+        dgm.tl.bayes_classify(adata, labels_key, **args)
+    assert _snapshot(adata) == before
+
+
+def test_labels_key_not_in_obs(base):
+    _fails(base, KeyError, r"labels_key='kind' is not a column of adata.obs. Available columns: \[", labels_key="kind")
+
+
+def test_fewer_than_two_classes(base):
+    base.obs["one"] = pd.Categorical(np.where(base.obs["cell_type"] == "type_0", "type_0", None))
+    _fails(base, ValueError, r"at least two classes .* found only 'type_0'", labels_key="one")
+
+
+def test_use_rep_not_in_obsm(base):
+    _fails(base, KeyError, r"use_rep='X_vae' is not in adata.obsm .*Run `dgm.tl.vae\(adata\)` first", use_rep="X_vae")
+    _fails(base, ValueError, "Pass layer= or use_rep=, not both", layer="log")
+
+
+def test_nan_in_the_input(base):
+    base.obsm["X_rep"][3, 1] = np.nan
+    _fails(base, ValueError, r"adata.obsm\['X_rep'\] holds 1 NaN or infinite values")
+    base.obsm["X_rep"][3, 1] = 0.0
+    base.layers["log"][0, 0] = np.inf
+    _fails(base, ValueError, r"adata.layers\['log'\] holds 1 NaN", use_rep=None, layer="log")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"inference": "mcmc"}, "inference='mcmc' is not supported"),
+        ({"unknown_quantile": 1.0}, "unknown_quantile must lie in"),
+        ({"validation_fraction": 0.0}, "validation_fraction=0 leaves no held-out cells"),
+        ({"unknown_threshold": -1.0}, "unknown_threshold must be a non-negative"),
+        ({"prior_scale": 0.0}, "prior_scale must be a positive"),
+        ({"num_samples": 0}, "num_samples must be an integer >= 1"),
+        ({"kl_warmup_epochs": 40}, "kl_warmup_epochs=40 exceeds max_epochs=30"),
+    ],
+)
+def test_bad_arguments(base, kwargs, match):
+    _fails(base, ValueError, match, **kwargs)
+
+
+def test_a_class_with_a_single_labelled_cell_warns(base):
+    labels = base.obs["label"].astype(object).to_numpy()
+    type_2 = np.flatnonzero(labels == "type_2")
+    labels[type_2[1:]] = None
+    base.obs["sparse"] = pd.Categorical(labels)
+    with pytest.warns(
+        ScdgmWarning, match=r"1 class\(es\) .* single labelled cell: \['type_2'\]\. That cell is used for training only"
+    ):
+        dgm.tl.bayes_classify(base, "sparse", use_rep="X_rep", **FIT)
+    assert list(base.uns["bayes"]["classes"]) == ["type_0", "type_1", "type_2"]
+    val = base.uns["bayes"]["split"]["validation_indices"]
+    assert type_2[0] not in val  # trained on, never held out
+    assert base.obsm["bayes_proba"].shape == (base.n_obs, 3)
