@@ -64,7 +64,17 @@ def _unpickle_tensors(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _DeviceRows:
+class _PicklesByValue:
+    """Pickles its tensors as numpy arrays (see :func:`_pickle_tensors`)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _pickle_tensors(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(_unpickle_tensors(state))
+
+
+class _DeviceRows(_PicklesByValue):
     """Rows of a matrix on a device (dense, or CSR as three tensors) that densifies any of its rows."""
 
     def __init__(self, block: np.ndarray | sp.csr_matrix, device: str) -> None:
@@ -84,12 +94,6 @@ class _DeviceRows:
         else:
             self.dense = _tensor(np.ascontiguousarray(block), torch.float32, device)
             self.nbytes = self.dense.numel() * 4
-
-    def __getstate__(self) -> dict[str, Any]:
-        return _pickle_tensors(self.__dict__)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(_unpickle_tensors(state))
 
     def to(self, device: str) -> _DeviceRows:
         """A copy with its tensors on ``device``."""
@@ -145,7 +149,7 @@ def _block_bytes(data: PreparedData) -> tuple[int, float]:
     return int(total), total / max(n_obs, 1)
 
 
-class BatchStore:
+class BatchStore(_PicklesByValue):
     """The data of a model on its training device, serving minibatches of rows.
 
     Build one with :meth:`from_prepared`, which picks an :class:`InMemoryStore` (everything moved to
@@ -170,12 +174,6 @@ class BatchStore:
         self.source = data.source
         self.library = _tensor(data.library.reshape(-1, 1), torch.float32, self.device)
         self.covariates = {name: _tensor(codes, torch.int64, self.device) for name, codes in data.covariates.items()}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return _pickle_tensors(self.__dict__)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(_unpickle_tensors(state))
 
     def to(self, device: str) -> BatchStore:
         """A shallow copy of this store serving its batches on ``device`` (for a process of its own)."""

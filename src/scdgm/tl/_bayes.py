@@ -504,6 +504,7 @@ def run_bayes_classify(
     seed: int,
 ) -> BayesRun:
     """Validate the arguments of :func:`bayes_classify`, fit, predict and collect the results unwritten."""
+    arguments = {name: value for name, value in locals().items() if name != "adata"}
     import time
 
     import torch
@@ -629,28 +630,15 @@ def run_bayes_classify(
     if len(val_idx):
         metrics["unknown_rate_validation"] = float(np.mean(result["epistemic"][val_idx] > threshold))
 
+    # every argument as passed, with the epochs, device and seed as resolved
     params = record_params(
-        labels_key=labels_key,
-        use_rep=use_rep,
-        layer=layer,
-        n_hidden=n_hidden,
-        n_layers=n_layers,
-        prior_scale=prior_scale,
-        beta=beta,
-        inference=inference,
-        num_samples=num_samples,
-        num_warmup=num_warmup,
-        unknown_threshold=unknown_threshold,
-        unknown_quantile=unknown_quantile,
-        validation_fraction=validation_fraction,
-        max_epochs=max_epochs_used,
-        kl_warmup_epochs=kl_warmup_used,
-        batch_size=batch_size,
-        lr=lr,
-        early_stopping=early_stopping,
-        patience=patience,
-        device=device,
-        seed=seed,
+        **{
+            **arguments,
+            "max_epochs": max_epochs_used,
+            "kl_warmup_epochs": kl_warmup_used,
+            "device": device,
+            "seed": seed,
+        }
     )
     model = serialize_module(
         module.cpu(),

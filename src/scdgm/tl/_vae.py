@@ -283,6 +283,7 @@ def run_vae(
     devices: int = 1,
 ) -> VAERun:
     """Validate the arguments of :func:`vae`, train, and collect the results without writing them."""
+    arguments = {name: value for name, value in locals().items() if name != "adata"}
     from ..data import BatchStore, MiniBatches, prepare_data, split_indices
     from ..modules import VAEModule
     from ..train import default_kl_warmup_epochs, default_max_epochs, fit, seeded
@@ -387,31 +388,9 @@ def run_vae(
             "n_validation": len(val_idx),
             **result.summary(),
         }
+    # every argument as passed, with max_epochs, kl_warmup_epochs, device and seed as resolved
     params = record_params(
-        layer=layer,
-        batch_key=batch_key,
-        n_latent=n_latent,
-        n_hidden=n_hidden,
-        n_layers=n_layers,
-        kind=kind,
-        likelihood=likelihood,
-        decoder=decoder,
-        dispersion=dispersion,
-        beta=beta,
-        kl_warmup_epochs=kl_warmup_epochs,
-        dropout=dropout,
-        corruption=corruption,
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        early_stopping=early_stopping,
-        patience=patience,
-        validation_fraction=validation_fraction,
-        device=device,
-        devices=devices,
-        precision=precision,
-        seed=seed,
+        **{**arguments, "max_epochs": max_epochs, "kl_warmup_epochs": kl_warmup_epochs, "device": device, "seed": seed}
     )
     model = serialize_module(
         module,
