@@ -61,3 +61,14 @@ def test_embed_rejects_missing_genes(trained):
     query = trained[:, :30].copy()
     with pytest.raises(ValueError, match="30 of them are missing"):
         dgm.tl.embed(query, reference=trained)
+
+
+def test_embed_rejects_unknown_batches(trained):
+    query = trained[:50].copy()
+    for key in ("X_vae", "vae"):
+        query.obsm.pop(key, None)
+        query.uns.pop(key, None)
+    query.obs["batch"] = query.obs["batch"].cat.rename_categories({"batch_0": "batch_new"})
+    with pytest.raises(ValueError, match=r"unknown \['batch_new'\]"):
+        dgm.tl.embed(query, reference=trained)
+    assert "X_vae" not in query.obsm and "vae" not in query.uns
