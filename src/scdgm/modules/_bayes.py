@@ -13,7 +13,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Iterator
-from numbers import Integral, Real
+from numbers import Real
 from operator import attrgetter
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pyro.infer.autoguide import AutoNormal
 from pyro.nn import PyroModule, PyroSample
 
-from ._base import BaseModule, LossOutput
+from ._base import BaseModule, LossOutput, check_integer
 
 INFERENCES = ("svi", "nuts")
 # Weight draws per minibatch when the loss is evaluated in eval mode (validation): a steadier monitor
@@ -40,13 +40,6 @@ def module_local_params() -> Iterator[None]:
     """Keep Pyro parameters inside their module (its ``state_dict``) instead of the global param store."""
     with pyro.settings.context(module_local_params=True):
         yield
-
-
-def _integer(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        msg = f"{name} must be an integer >= {minimum}, got {value!r}."
-        raise ValueError(msg)
-    return int(value)
 
 
 def _positive(name: str, value: Any) -> float:
@@ -208,14 +201,14 @@ class BayesianClassifierModule(BaseModule):
         n_posterior_samples: int = 0,
     ) -> None:
         super().__init__()
-        n_input = _integer("n_input", n_input, 1)
-        n_classes = _integer("n_classes", n_classes, 2)
-        n_hidden = _integer("n_hidden", n_hidden, 1)
-        n_layers = _integer("n_layers", n_layers, 0)
+        n_input = check_integer("n_input", n_input, 1)
+        n_classes = check_integer("n_classes", n_classes, 2)
+        n_hidden = check_integer("n_hidden", n_hidden, 1)
+        n_layers = check_integer("n_layers", n_layers, 0)
         prior_scale = _positive("prior_scale", prior_scale)
-        n_train = _integer("n_train", n_train, 1)
+        n_train = check_integer("n_train", n_train, 1)
         init_scale = _positive("init_scale", init_scale)
-        n_posterior_samples = _integer("n_posterior_samples", n_posterior_samples, 0)
+        n_posterior_samples = check_integer("n_posterior_samples", n_posterior_samples, 0)
         self.init_kwargs = {
             "n_input": n_input,
             "n_classes": n_classes,

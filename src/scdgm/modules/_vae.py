@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import BaseModule, LossOutput
+from ._base import BaseModule, LossOutput, check_integer
 from ._likelihoods import COUNT_LIKELIHOODS, DISPERSED_LIKELIHOODS, EPS, LIKELIHOODS, log_likelihood, sample
 
 KINDS = ("vae", "ae", "dae")
@@ -28,13 +28,6 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
         msg = f"Unknown {name}={value!r}; choose one of {', '.join(map(repr, allowed))}."
         raise ValueError(msg)
     return str(value)
-
-
-def _integer(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        msg = f"{name} must be an integer >= {minimum}, got {value!r}."
-        raise ValueError(msg)
-    return int(value)
 
 
 def _fraction(name: str, value: Any) -> float:
@@ -151,11 +144,11 @@ class VAEModule(BaseModule):
         use_batch_norm: bool = True,
     ) -> None:
         super().__init__()
-        n_input = _integer("n_input", n_input, 2)
-        n_batch = _integer("n_batch", n_batch, 0)
-        n_latent = _integer("n_latent", n_latent, 1)
-        n_hidden = _integer("n_hidden", n_hidden, 1)
-        n_layers = _integer("n_layers", n_layers, 1)
+        n_input = check_integer("n_input", n_input, 2)
+        n_batch = check_integer("n_batch", n_batch, 0)
+        n_latent = check_integer("n_latent", n_latent, 1)
+        n_hidden = check_integer("n_hidden", n_hidden, 1)
+        n_layers = check_integer("n_layers", n_layers, 1)
         kind = _choice("kind", kind, KINDS)
         likelihood = _choice("likelihood", likelihood, LIKELIHOODS)
         decoder = _choice("decoder", decoder, DECODERS)
