@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
-from ._utils import finish
+from ._utils import finish, panels
 
 _LABELS = {
     "elbo": "negative ELBO per cell",
@@ -59,8 +59,6 @@ def history(
     >>> dgm.tl.vae(adata, max_epochs=50)  # doctest: +SKIP
     >>> dgm.pl.history(adata, terms=["elbo", "kl"])  # doctest: +SKIP
     """
-    import matplotlib.pyplot as plt
-
     entry = adata.uns.get(key)
     if not isinstance(entry, dict) or "history" not in entry:
         msg = (
@@ -74,15 +72,7 @@ def history(
     if unknown:
         msg = f"No history for terms {unknown} in .uns[{key!r}]; recorded terms: {available}."
         raise ValueError(msg)
-    if ax is not None and len(terms) != 1:
-        msg = f"ax= takes one panel, but {len(terms)} terms were asked for: pass terms=[one term] or ax=None."
-        raise ValueError(msg)
-
-    if ax is None:
-        fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)
-        axes = list(axes[0])
-    else:
-        fig, axes = ax.figure, [ax]
+    fig, axes = panels(len(terms), ax, what="terms", hint="pass terms=[one term]", width=4, height=3.2)
     epochs = hist.get("epoch", np.arange(len(hist[f"train_{terms[0]}"])))
     metrics = entry.get("metrics", {})
     best = metrics.get("best_epoch")

@@ -8,7 +8,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._keys import LoadingsKeys
-from ._utils import finish
+from ._utils import finish, panels
 
 
 def loadings(
@@ -57,8 +57,6 @@ def loadings(
     >>> dgm.tl.ldvae_loadings(adata, max_epochs=100)  # doctest: +SKIP
     >>> dgm.pl.loadings(adata, factors=[0, 1, 2], n_top=8)  # doctest: +SKIP
     """
-    import matplotlib.pyplot as plt
-
     keys = LoadingsKeys(key)
     if keys.varm not in adata.varm:
         msg = f"Did not find .varm[{keys.varm!r}]. Run `dgm.tl.ldvae_loadings(adata, key_added={key!r})` first."
@@ -73,21 +71,17 @@ def loadings(
     if bad:
         msg = f"factors {bad} are out of range: the loadings have {n_factors} factors (0 to {n_factors - 1})."
         raise ValueError(msg)
-    if ax is not None and len(factors) != 1:
-        msg = f"ax= takes one panel, but {len(factors)} factors were asked for: pass factors=[k] or ax=None."
-        raise ValueError(msg)
-
-    if ax is None:
-        ncols = min(ncols, len(factors))
-        nrows = int(np.ceil(len(factors) / ncols))
-        per_panel = n_top * (2 if direction == "both" else 1)
-        fig, grid = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 0.22 * per_panel * nrows + 1), squeeze=False)
-        axes = list(grid.ravel())
-        for spare in axes[len(factors) :]:
-            spare.set_visible(False)
-        axes = axes[: len(factors)]
-    else:
-        fig, axes = ax.figure, [ax]
+    per_panel = n_top * (2 if direction == "both" else 1)
+    fig, axes = panels(
+        len(factors),
+        ax,
+        what="factors",
+        hint="pass factors=[k]",
+        width=3.2,
+        height=0.22 * per_panel,
+        ncols=ncols,
+        extra_height=1,
+    )
     names = np.asarray(adata.var_names)
     for factor, panel in zip(factors, axes, strict=True):
         order = np.argsort(values[:, factor], kind="stable")

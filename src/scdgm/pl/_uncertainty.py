@@ -9,7 +9,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._keys import ClassifierKeys
-from ._utils import finish
+from ._utils import finish, panels
 
 KINDS = ("reliability", "embedding")
 
@@ -178,14 +178,9 @@ def uncertainty(
 
     entry = _entry(adata, key)
     kinds = _kinds(kind)
-    if ax is not None and len(kinds) != 1:
-        msg = f"ax= takes one panel, but {len(kinds)} kinds were asked for: pass kind='reliability' or 'embedding', or ax=None."
-        raise ValueError(msg)
-    if ax is None:
-        fig, grid = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 4), squeeze=False)
-        axes = list(grid[0])
-    else:
-        fig, axes = ax.figure, [ax]
+    fig, axes = panels(
+        len(kinds), ax, what="kinds", hint="pass kind='reliability' or 'embedding',", width=4.6, height=4
+    )
     keys = ClassifierKeys(key)
     try:
         for name, panel in zip(kinds, axes, strict=True):

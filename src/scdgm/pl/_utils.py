@@ -23,3 +23,35 @@ def finish(fig: Any, axes: Any, *, show: bool | None, return_fig: bool) -> Any:
         plt.show()
         return None
     return axes
+
+
+def panels(
+    n: int,
+    ax: Any,
+    *,
+    what: str,
+    hint: str,
+    width: float,
+    height: float,
+    ncols: int | None = None,
+    extra_height: float = 0.0,
+) -> tuple[Any, list[Any]]:
+    """The figure and one Axes per panel: the given ``ax`` for a single panel, else a new grid.
+
+    A grid has ``ncols`` columns (default: all panels in one row) of ``width`` x ``height`` inches
+    each, plus ``extra_height``; its unused cells are hidden.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        if n != 1:
+            msg = f"ax= takes one panel, but {n} {what} were asked for: {hint} or ax=None."
+            raise ValueError(msg)
+        return ax.figure, [ax]
+    ncols = n if ncols is None else min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + extra_height), squeeze=False)
+    axes = list(grid.ravel())
+    for spare in axes[n:]:
+        spare.set_visible(False)
+    return fig, axes[:n]
