@@ -219,6 +219,41 @@ def test_linear_loadings_are_the_decoder_map(use_batch_norm, likelihood):
         torch.testing.assert_close(difference, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("use_batch_norm", [True, False])
+def test_loadings_penalty_is_l1_of_the_effective_loadings(use_batch_norm):
+    torch.manual_seed(0)
+    module = VAEModule(N_GENES, n_latent=4, decoder="linear", loadings_l1=0.05, use_batch_norm=use_batch_norm)
+    batch = _batch()
+    module.train()
+    for seed in range(3):  # non-trivial running statistics
+        module(_batch(seed=seed))
+    # evaluation mode: exactly the L1 norm of the reported loadings, outside the ELBO
+    module.eval()
+    out = module(batch)
+    expected = 0.05 * module.linear_loadings().abs().sum()
+    torch.testing.assert_close(out.terms["penalty"], expected)
+    torch.testing.assert_close(out.loss, out.terms["elbo"] + expected)
+    # training mode: the normalisation uses the minibatch's variance, and the penalty is differentiable
+    module.train()
+    out = module(batch)
+    weight = module.output.linear.weight
+    grad = torch.autograd.grad(out.loss, weight)[0]
+    assert out.terms["penalty"] > 0 and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    if use_batch_norm:
+        # batch normalisation makes the penalty blind to the overall scale of the weights (up to its eps)
+        z = torch.randn(32, 4)
+        with torch.no_grad():
+            before = module._effective_loadings(z).abs().sum()
+            weight.mul_(3.0)
+            after = module._effective_loadings(z).abs().sum()
+        torch.testing.assert_close(before, after, rtol=1e-2, atol=0)
+
+
+def test_no_penalty_term_without_loadings_l1():
+    module = VAEModule(N_GENES, n_latent=4, decoder="linear")
+    assert "penalty" not in module(_batch()).terms
+
+
 def test_linear_loadings_need_linear_decoder():
     with pytest.raises(ValueError, match='decoder="linear"'):
         VAEModule(N_GENES).linear_loadings()
@@ -245,6 +280,9 @@ def test_linear_loadings_need_linear_decoder():
         ({"dispersion": "gene-batch"}, r"needs batches \(n_batch > 0\)"),
         ({"dispersion": "gene-batch", "n_batch": 2, "likelihood": "poisson"}, "no dispersion parameter"),
         ({"use_batch_norm": "yes"}, "use_batch_norm must be True or False"),
+        ({"loadings_l1": -0.1, "decoder": "linear"}, "loadings_l1 must be a finite number >= 0"),
+        ({"loadings_l1": float("inf"), "decoder": "linear"}, "loadings_l1 must be a finite number >= 0"),
+        ({"loadings_l1": 0.1}, 'penalises the gene loadings of a linear decoder; use decoder="linear"'),
     ],
 )
 def test_invalid_arguments(kwargs, message):

@@ -26,6 +26,23 @@ def test_writes_loadings_latent_and_top_genes(_ldvae):
     assert top["positive"][0] == adata.var_names[best]
 
 
+def test_trains_with_the_l1_penalty_by_default_and_it_sparsifies(_ldvae, _simulated):
+    from scdgm.tl._ldvae import DEFAULT_LOADINGS_L1
+
+    assert _ldvae.uns["ldvae"]["params"]["vae_params"]["loadings_l1"] == DEFAULT_LOADINGS_L1
+    assert "train_penalty" in _ldvae.uns["ldvae"]["history"]
+    adata = _simulated.copy()
+    common = {"n_latent": 4, "max_epochs": 20, "batch_size": 64, "seed": 0}
+    dgm.tl.ldvae_loadings(adata, loadings_l1=0.0, key_added="plain", **common)
+    dgm.tl.ldvae_loadings(adata, loadings_l1=2.0, key_added="sparse", **common)
+    assert "train_penalty" not in adata.uns["plain"]["history"]
+
+    def small_share(key):
+        return np.mean(np.abs(adata.varm[f"{key}_loadings_unrotated"]) < 0.05)
+
+    assert small_share("sparse") > small_share("plain") + 0.2
+
+
 def test_rotation_is_applied_to_loadings_and_latent_alike(_ldvae):
     adata = _ldvae
     transform = adata.uns["ldvae"]["rotation"]
@@ -80,6 +97,7 @@ def test_mlp_model_is_refused_with_advice(trained):
         ({"rotation": "promax"}, ValueError, "rotation='promax'"),
         ({"likelihood": "gaussian"}, ValueError, "likelihood='gaussian'"),
         ({"vae_key": "vae", "n_latent": 3}, ValueError, "only apply when a model is trained here"),
+        ({"loadings_l1": -0.5}, ValueError, "loadings_l1 must be a finite number >= 0"),
     ],
 )
 def test_bad_input(simulated, kwargs, error, match):

@@ -117,6 +117,8 @@ def test_copy_returns_new_object_and_leaves_input(simulated):
         ({"dispersion": "gene-batch"}, "needs batches"),
         ({"kl_warmup_epochs": 10, "max_epochs": 5}, "never reach beta"),
         ({"validation_fraction": 1.0}, "validation_fraction"),
+        ({"loadings_l1": 0.01}, 'penalises the gene loadings of a linear decoder; pass decoder="linear"'),
+        ({"loadings_l1": -1.0, "decoder": "linear"}, "loadings_l1 must be a finite number >= 0"),
     ],
 )
 def test_bad_input_is_rejected_before_training(simulated, kwargs, match):

@@ -24,10 +24,12 @@ class LossOutput:
     Attributes
     ----------
     loss
-        Scalar to minimise: the mean over cells of ``reconstruction + kl_weight * kl``.
+        Scalar to minimise: the mean over cells of ``reconstruction + kl_weight * kl``, plus a
+        penalty on the parameters when the module has one.
     terms
         Detached scalar per-cell means for logging: ``"reconstruction"``, ``"kl"``, ``"elbo"``
-        (the negative ELBO, ``reconstruction + kl`` at full weight) and ``"loss"``.
+        (the negative ELBO, ``reconstruction + kl`` at full weight), ``"loss"``, and ``"penalty"``
+        when there is one.
     n_obs
         Cells in the minibatch; the engine weights epoch means by it.
     """
@@ -37,7 +39,13 @@ class LossOutput:
     n_obs: int
 
     @classmethod
-    def from_terms(cls, reconstruction: torch.Tensor, kl: torch.Tensor, kl_weight: float = 1.0) -> LossOutput:
+    def from_terms(
+        cls,
+        reconstruction: torch.Tensor,
+        kl: torch.Tensor,
+        kl_weight: float = 1.0,
+        penalty: torch.Tensor | None = None,
+    ) -> LossOutput:
         """Build the output from per-cell reconstruction and KL terms.
 
         Parameters
@@ -48,12 +56,17 @@ class LossOutput:
             KL divergence per cell, shape ``(cells,)``.
         kl_weight
             Weight of the KL term in the loss (beta, KL warm-up).
+        penalty
+            A scalar added to the loss once per minibatch (a penalty on parameters, already per
+            cell); it is not part of the ELBO, so early stopping on the ELBO ignores it.
 
         Returns
         -------
         The loss and its logged terms.
         """
         loss = (reconstruction + kl_weight * kl).mean()
+        if penalty is not None:
+            loss = loss + penalty
         reconstruction_mean = reconstruction.detach().mean()
         kl_mean = kl.detach().mean()
         terms = {
@@ -62,6 +75,8 @@ class LossOutput:
             "elbo": reconstruction_mean + kl_mean,
             "loss": loss.detach(),
         }
+        if penalty is not None:
+            terms["penalty"] = penalty.detach()
         return cls(loss=loss, terms=terms, n_obs=int(reconstruction.shape[0]))
 
 

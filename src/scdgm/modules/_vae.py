@@ -116,6 +116,12 @@ class VAEModule(BaseModule):
         Share of input entries masked to zero in training, for ``kind="dae"``.
     use_batch_norm
         Batch normalisation in the hidden layers and after the linear decoder.
+    loadings_l1
+        Linear decoder only: weight of an L1 penalty on the gene loadings (those of
+        :meth:`linear_loadings`, with the batch normalisation folded in using the minibatch's
+        statistics in training), added once per minibatch to the per-cell loss, like the ``alpha``
+        of a lasso. It makes each factor load on few genes, which also pins down the rotation that an
+        isotropic prior leaves free. ``0`` (default) for none. It is a penalty, not part of the ELBO.
 
     Examples
     --------
@@ -142,6 +148,7 @@ class VAEModule(BaseModule):
         dispersion: str = "gene",
         corruption: float = 0.1,
         use_batch_norm: bool = True,
+        loadings_l1: float = 0.0,
     ) -> None:
         super().__init__()
         n_input = check_integer("n_input", n_input, 2)
@@ -157,6 +164,12 @@ class VAEModule(BaseModule):
         corruption = _fraction("corruption", corruption)
         if not isinstance(use_batch_norm, bool):
             msg = f"use_batch_norm must be True or False, got {use_batch_norm!r}."
+            raise ValueError(msg)
+        if isinstance(loadings_l1, bool) or not isinstance(loadings_l1, Real) or not 0.0 <= loadings_l1 < math.inf:
+            msg = f"loadings_l1 must be a finite number >= 0, got {loadings_l1!r}."
+            raise ValueError(msg)
+        if loadings_l1 > 0 and decoder != "linear":
+            msg = f'loadings_l1={loadings_l1!r} penalises the gene loadings of a linear decoder; use decoder="linear" (LDVAE) or loadings_l1=0.'
             raise ValueError(msg)
         if n_latent >= n_input:
             msg = f"n_latent={n_latent} must be smaller than n_input={n_input}: the latent space should compress the input."
@@ -185,10 +198,12 @@ class VAEModule(BaseModule):
             "dispersion": dispersion,
             "corruption": corruption,
             "use_batch_norm": use_batch_norm,
+            "loadings_l1": float(loadings_l1),
         }
         self.n_input, self.n_batch, self.n_latent = n_input, n_batch, n_latent
         self.kind, self.likelihood, self.decoder_type = kind, likelihood, decoder
         self.dispersion, self.corruption = dispersion, corruption
+        self.loadings_l1 = float(loadings_l1)
 
         # encoder: the batch code enters the first layer only
         self.encoder_layers = nn.ModuleList(
@@ -361,7 +376,8 @@ class VAEModule(BaseModule):
 
         Returns
         -------
-        Loss and per-cell means of ``"reconstruction"``, ``"kl"``, ``"elbo"`` and ``"loss"``.
+        Loss and per-cell means of ``"reconstruction"``, ``"kl"``, ``"elbo"`` and ``"loss"``, and
+        ``"penalty"`` with ``loadings_l1 > 0``.
         """
         x = batch["x"]
         self._check_x(x)
@@ -378,7 +394,10 @@ class VAEModule(BaseModule):
             kl = 0.5 * (var + mean.square() - 1.0 - torch.log(var)).sum(-1).float()
         params = self.generative(z, batch["library"], batch_index)
         reconstruction = -log_likelihood(x.float(), params, self.likelihood, nonzero=batch.get("x_nonzero"))
-        return LossOutput.from_terms(reconstruction, kl, kl_weight)
+        penalty = None
+        if self.loadings_l1 > 0:
+            penalty = self.loadings_l1 * self._effective_loadings(z, batch_index).abs().sum()
+        return LossOutput.from_terms(reconstruction, kl, kl_weight, penalty)
 
     def expected_expression(
         self,
@@ -465,6 +484,28 @@ class VAEModule(BaseModule):
             params = self.generative(z, library, batch_index)
         return sample(params, self.likelihood, generator=generator)
 
+    def _effective_loadings(
+        self, z: torch.Tensor | None = None, batch_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The linear decoder's weight with its batch normalisation folded in, genes x ``n_latent``.
+
+        In training mode the normalisation divides by the minibatch's own variance of the decoder
+        output, so ``z`` (and the batch codes) of the minibatch are needed and the result is
+        differentiable; otherwise it uses the running variance.
+        """
+        weight = self.output.linear.weight
+        norm = self.output_norm
+        if isinstance(norm, nn.BatchNorm1d):
+            if self.training and z is not None:
+                variance = self.output(z, batch_index).float().var(0, unbiased=False)
+            else:
+                variance = norm.running_var
+            factor = torch.rsqrt(variance + norm.eps)
+            if norm.affine:
+                factor = factor * norm.weight
+            weight = weight * factor.unsqueeze(1)
+        return weight
+
     def linear_loadings(self) -> torch.Tensor:
         """Gene loadings of the linear decoder: the effective linear map from ``z`` to the output.
 
@@ -480,11 +521,4 @@ class VAEModule(BaseModule):
         if self.decoder_type != "linear":
             msg = 'linear_loadings needs a linear decoder; build the module with decoder="linear" (LDVAE).'
             raise ValueError(msg)
-        weight = self.output.linear.weight.detach()
-        norm = self.output_norm
-        if isinstance(norm, nn.BatchNorm1d):
-            factor = torch.rsqrt(norm.running_var.detach() + norm.eps)
-            if norm.affine:
-                factor = factor * norm.weight.detach()
-            weight = weight * factor.unsqueeze(1)
-        return weight.clone()
+        return self._effective_loadings().detach().clone()

@@ -14,6 +14,7 @@ _LABELS = {
     "reconstruction": "reconstruction (−log p(x|z)) per cell",
     "kl": "KL(q(z|x) ‖ p(z)) per cell",
     "loss": "training objective per cell",
+    "penalty": "penalty on the parameters per cell",
 }
 
 

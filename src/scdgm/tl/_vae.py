@@ -87,6 +87,7 @@ def vae(
     kl_warmup_epochs: int | None = None,
     dropout: float = 0.1,
     corruption: float = 0.1,
+    loadings_l1: float = 0.0,
     max_epochs: int | None = None,
     batch_size: int = 128,
     lr: float = 1e-3,
@@ -138,6 +139,10 @@ def vae(
         Dropout rate of the hidden layers.
     corruption
         Fraction of input entries masked to zero in training, for ``kind="dae"``.
+    loadings_l1
+        ``decoder="linear"`` only: weight of an L1 penalty on the gene loadings, added to the
+        per-cell training loss (as a lasso's ``alpha``); it makes factors sparse in genes. ``0``, the
+        default, for none. See :func:`scdgm.tl.ldvae_loadings`.
     max_epochs
         Upper bound on epochs; default scales with the number of cells
         (:func:`scdgm.train.default_max_epochs`: 400 for up to 20,000 cells, down to 20).
@@ -208,6 +213,7 @@ def vae(
         kl_warmup_epochs=kl_warmup_epochs,
         dropout=dropout,
         corruption=corruption,
+        loadings_l1=loadings_l1,
         max_epochs=max_epochs,
         batch_size=batch_size,
         lr=lr,
@@ -271,6 +277,7 @@ def run_vae(
     dropout: float,
     corruption: float,
     max_epochs: int | None,
+    loadings_l1: float = 0.0,
     batch_size: int,
     lr: float,
     weight_decay: float,
@@ -315,6 +322,12 @@ def run_vae(
     if beta < 0:
         msg = f"beta must be >= 0, not {beta!r}."
         raise ValueError(msg)
+    if not np.isfinite(loadings_l1) or loadings_l1 < 0:
+        msg = f"loadings_l1 must be a finite number >= 0, not {loadings_l1!r}."
+        raise ValueError(msg)
+    if loadings_l1 > 0 and decoder != "linear":
+        msg = f'loadings_l1={loadings_l1!r} penalises the gene loadings of a linear decoder; pass decoder="linear" or leave loadings_l1 at 0.'
+        raise ValueError(msg)
     seed = settings.resolve_seed(seed)
     device = settings.resolve_device(device)
 
@@ -355,6 +368,7 @@ def run_vae(
             dropout=dropout,
             dispersion=dispersion,
             corruption=corruption,
+            loadings_l1=loadings_l1,
         )
         store = BatchStore.from_prepared(data, device)
         train = MiniBatches(
