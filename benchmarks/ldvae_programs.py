@@ -49,6 +49,7 @@ def activity_slopes(log_values: np.ndarray, activity: np.ndarray) -> np.ndarray:
 def main() -> None:
     import scanpy as sc
     import scvi
+    import torch
 
     import scdgm as dgm
     from scdgm.tl._rotation import varimax
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--skip-pbmc", action="store_true")
     args = parser.parse_args()
     dgm.settings.progress_bar = False
+    threads = torch.get_num_threads()
     rows = []
     for seed in args.seeds:
         adata = dgm.datasets.simulate(args.cells, args.genes, n_programs=args.programs, seed=seed)
@@ -101,6 +103,8 @@ def main() -> None:
                 enable_checkpointing=False,
             )
             seconds = time.perf_counter() - t0
+            # Lightning's trainer changes torch's thread count; restore it so later runs get the same cores.
+            torch.set_num_threads(threads)
             theirs = model.get_loadings().to_numpy()
             row[f"linearscvi{suffix}_raw"] = matched_abs_r(theirs, truth)
             row[f"linearscvi{suffix}_varimax"] = matched_abs_r(theirs @ varimax(theirs), truth)
