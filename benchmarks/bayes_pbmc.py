@@ -157,31 +157,39 @@ def part_cv(adata, names, kwargs):
     return out
 
 
-def part_unseen(adata, names, kwargs):
+def unseen_splits(labels):
+    """For each type with at least MIN_UNSEEN_CELLS cells: (type, its cells, held-out known cells, hidden labels).
+
+    The left-out type's labels are hidden, and so are those of a stratified 20 % of the other cells (seed 0).
+    """
     from sklearn.model_selection import train_test_split
 
+    names, counts = np.unique(labels, return_counts=True)
+    for left_out in names[counts >= MIN_UNSEEN_CELLS]:
+        unseen = labels == left_out
+        known = np.flatnonzero(~unseen)
+        _, test_known = train_test_split(known, test_size=0.2, stratify=labels[known], random_state=0)
+        hidden = unseen.copy()
+        hidden[test_known] = True
+        yield str(left_out), unseen, test_known, hidden
+
+
+def part_unseen(adata, names, kwargs):
     from scdgm.tl._bayes import auroc
 
     labels = adata.obs["cell_type"].astype(str).to_numpy()
-    counts = adata.obs["cell_type"].value_counts()
-    types = [str(t) for t, n in counts.items() if n >= MIN_UNSEEN_CELLS]
     inputs = _inputs(adata, names)
     out = {}
     for name in names:
         rows = {}
-        for left_out in types:
-            unseen = labels == left_out
-            known = np.flatnonzero(~unseen)
-            _, test_known = train_test_split(known, test_size=0.2, stratify=labels[known], random_state=0)
-            hidden = unseen.copy()
-            hidden[test_known] = True
+        for left_out, unseen, test_known, hidden in unseen_splits(labels):
             work, sec = _bayes_proba(adata, labels, hidden, _use_rep(name), kwargs, key="unseen")
             scored = np.concatenate([test_known, np.flatnonzero(unseen)])
             positive = unseen[scored]
             epistemic = work.obs["unseen_epistemic"].to_numpy()[scored]
             entropy = work.obs["unseen_entropy"].to_numpy()[scored]
             flagged = work.obs["unseen_unknown"].to_numpy()
-            train = np.setdiff1d(known, test_known)
+            train = np.setdiff1d(np.flatnonzero(~unseen), test_known)
             known_codes = {t: i for i, t in enumerate(sorted(set(labels[train])))}
             lr_codes = np.array([known_codes.get(v, -1) for v in labels])
             proba = _logistic_regression(inputs[name], lr_codes, train, scored)

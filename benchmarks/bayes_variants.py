@@ -288,23 +288,16 @@ def part_cv(adata, names, cfg, api):
 
 
 def part_unseen(adata, names, cfg, api):
-    from sklearn.model_selection import train_test_split
+    from bayes_pbmc import unseen_splits
 
     from scdgm.tl._bayes import auroc
 
     labels = adata.obs["cell_type"].astype(str).to_numpy()
-    counts = adata.obs["cell_type"].value_counts()
-    types = [str(t) for t, n in counts.items() if n >= 30]
     out = {}
     for name in names:
         c = {**cfg, "use_rep": None if name == "genes" else name}
         aucs = []
-        for left_out in types:
-            unseen = labels == left_out
-            known = np.flatnonzero(~unseen)
-            _, test_known = train_test_split(known, test_size=0.2, stratify=labels[known], random_state=0)
-            hidden = unseen.copy()
-            hidden[test_known] = True
+        for _left_out, unseen, test_known, hidden in unseen_splits(labels):
             work = masked(adata, labels, hidden)
             res, _ = run_api(work, c, "u") if api else classify(work, c)
             scored = np.concatenate([test_known, np.flatnonzero(unseen)])
