@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -16,6 +17,24 @@ RESULTS = HERE / "results"
 def peak_rss_gb() -> float:
     """Peak resident memory of this process so far, in GiB (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def train_scvi(model: Any, **kwargs: Any) -> float:
+    """Train a scvi-tools model on the CPU without progress bar, logger or checkpoints; return the seconds.
+
+    Lightning's trainer changes torch's thread count. It is restored afterwards, so a model trained
+    next in the same process (ours or theirs) gets the same cores as the first one.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    quiet = {"accelerator": "cpu", "enable_progress_bar": False, "logger": False, "enable_checkpointing": False}
+    start = time.perf_counter()
+    try:
+        model.train(**{**quiet, **kwargs})
+    finally:
+        torch.set_num_threads(threads)
+    return time.perf_counter() - start
 
 
 def run_isolated(script: str, *args: str, timeout: float = 3600) -> dict:

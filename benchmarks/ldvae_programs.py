@@ -27,7 +27,7 @@ import argparse
 import time
 
 import numpy as np
-from _common import save
+from _common import save, train_scvi
 from scipy.optimize import linear_sum_assignment
 
 
@@ -49,7 +49,6 @@ def activity_slopes(log_values: np.ndarray, activity: np.ndarray) -> np.ndarray:
 def main() -> None:
     import scanpy as sc
     import scvi
-    import torch
 
     import scdgm as dgm
     from scdgm.tl._rotation import varimax
@@ -63,7 +62,6 @@ def main() -> None:
     parser.add_argument("--skip-pbmc", action="store_true")
     args = parser.parse_args()
     dgm.settings.progress_bar = False
-    threads = torch.get_num_threads()
     rows = []
     for seed in args.seeds:
         adata = dgm.datasets.simulate(args.cells, args.genes, n_programs=args.programs, seed=seed)
@@ -93,18 +91,7 @@ def main() -> None:
             scvi.settings.seed = seed
             scvi.model.LinearSCVI.setup_anndata(lin, layer="counts")
             model = scvi.model.LinearSCVI(lin, n_latent=n_latent)
-            t0 = time.perf_counter()
-            model.train(
-                max_epochs=args.epochs,
-                train_size=0.9,
-                accelerator="cpu",
-                enable_progress_bar=False,
-                logger=False,
-                enable_checkpointing=False,
-            )
-            seconds = time.perf_counter() - t0
-            # Lightning's trainer changes torch's thread count; restore it so later runs get the same cores.
-            torch.set_num_threads(threads)
+            seconds = train_scvi(model, max_epochs=args.epochs, train_size=0.9)
             theirs = model.get_loadings().to_numpy()
             row[f"linearscvi{suffix}_raw"] = matched_abs_r(theirs, truth)
             row[f"linearscvi{suffix}_varimax"] = matched_abs_r(theirs @ varimax(theirs), truth)

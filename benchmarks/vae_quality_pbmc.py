@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import save
+from _common import save, train_scvi
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
         scvi.settings.seed = seed
         scvi.model.SCVI.setup_anndata(theirs, layer="counts")
         model = scvi.model.SCVI(theirs)
-        model.train(accelerator="cpu", enable_progress_bar=False, logger=False, enable_checkpointing=False)
+        train_scvi(model)
         rows["scvi_default"].append(knn_label_accuracy(model.get_latent_representation(), labels, seed=seed))
 
         held = np.random.default_rng(seed).permutation(base.n_obs)[: base.n_obs // 10]
@@ -70,14 +70,7 @@ def main() -> None:
             )
         scvi.model.SCVI.setup_anndata(train, layer="counts")
         model = scvi.model.SCVI(train)
-        model.train(
-            max_epochs=args.epochs,
-            train_size=1.0,
-            accelerator="cpu",
-            enable_progress_bar=False,
-            logger=False,
-            enable_checkpointing=False,
-        )
+        train_scvi(model, max_epochs=args.epochs, train_size=1.0)
         elbo["scvi"].append(-float(model.get_elbo(adata=test)))
 
     payload = {"seeds": args.seeds, "knn_accuracy": rows, "heldout_negative_elbo": elbo, "epochs": args.epochs}

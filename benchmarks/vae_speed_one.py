@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from _common import peak_rss_gb
+from _common import peak_rss_gb, train_scvi
 
 N_GENES, N_HIDDEN, N_LATENT, BATCH = 2_000, 128, 10, 128
 
@@ -65,16 +65,13 @@ def main(tool: str, n_cells: int, likelihood: str, epochs: int) -> dict:
         scvi.settings.dl_num_workers = 0
         scvi.model.SCVI.setup_anndata(train, layer="counts")
         model = scvi.model.SCVI(train, n_hidden=N_HIDDEN, n_latent=N_LATENT, n_layers=1, gene_likelihood=likelihood)
-        model.train(
+        train_scvi(
+            model,
             max_epochs=epochs,
             batch_size=BATCH,
             train_size=1.0,
             early_stopping=False,
-            accelerator="cpu",
-            enable_progress_bar=False,
             enable_model_summary=False,
-            logger=False,
-            enable_checkpointing=False,
         )
         seconds = time.perf_counter() - start
         neg_elbo = -float(model.get_elbo(adata=held, batch_size=1024))
