@@ -13,10 +13,10 @@ from anndata import AnnData
 from ._settings import logger
 
 
-def package_version() -> str:
-    """Installed version of scdgm (``"unknown"`` when running from a source tree without metadata)."""
+def package_version(distribution: str = "scdgm") -> str:
+    """Installed version of ``distribution`` (``"unknown"`` when it runs without package metadata)."""
     try:
-        return version("scdgm")
+        return version(distribution)
     except PackageNotFoundError:  # pragma: no cover - only outside an install
         return "unknown"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData, read_h5ad
+
+from .._results import package_version
 
 _FILE = "10x_pbmc68k_reduced.h5ad"
 _SCALE = 1e4  # scanpy normalised the file to 10,000 counts per cell before log1p
@@ -79,7 +80,7 @@ def pbmc68k() -> AnnData:
     Name: count, dtype: int64
     """
     path = _bundled_path()
-    scanpy_version = _scanpy_version()
+    scanpy_version = package_version("scanpy")
     reduced = _read_reduced(path)
     changed = f"The file {_FILE} bundled with scanpy {scanpy_version} changed"
     missing = [key for key in ("n_counts", "bulk_labels") if key not in reduced.obs]
@@ -142,18 +143,11 @@ def _bundled_path() -> Path:
     path = Path(spec.origin).parent / "datasets" / _FILE
     if not path.is_file():
         msg = (
-            f"scanpy {_scanpy_version()} does not ship {_FILE} (looked at {path}); "
+            f"scanpy {package_version('scanpy')} does not ship {_FILE} (looked at {path}); "
             "pbmc68k() needs the copy bundled with scanpy 1.10-1.11."
         )
         raise FileNotFoundError(msg)
     return path
-
-
-def _scanpy_version() -> str:
-    try:
-        return version("scanpy")
-    except PackageNotFoundError:  # pragma: no cover - scanpy importable without metadata
-        return "unknown"
 
 
 def _read_reduced(path: Path) -> AnnData:
