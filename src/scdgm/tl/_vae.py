@@ -198,34 +198,8 @@ def vae(
     >>> dgm.tl.vae(adata, max_epochs=50)  # doctest: +SKIP
     >>> dgm.pl.latent(adata, color="cell_type")  # doctest: +SKIP
     """
-    run = run_vae(
-        adata,
-        layer=layer,
-        batch_key=batch_key,
-        n_latent=n_latent,
-        n_hidden=n_hidden,
-        n_layers=n_layers,
-        kind=kind,
-        likelihood=likelihood,
-        decoder=decoder,
-        dispersion=dispersion,
-        beta=beta,
-        kl_warmup_epochs=kl_warmup_epochs,
-        dropout=dropout,
-        corruption=corruption,
-        loadings_l1=loadings_l1,
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        early_stopping=early_stopping,
-        patience=patience,
-        validation_fraction=validation_fraction,
-        device=device,
-        devices=devices,
-        precision=precision,
-        seed=seed,
-    )
+    training = {name: value for name, value in locals().items() if name not in ("adata", "key_added", "copy")}
+    run = run_vae(adata, **training)
     keys = ModelKeys(key_added)
     adata = adata.copy() if copy else adata
     write_results(
@@ -277,7 +251,7 @@ def run_vae(
     dropout: float,
     corruption: float,
     max_epochs: int | None,
-    loadings_l1: float = 0.0,
+    loadings_l1: float,
     batch_size: int,
     lr: float,
     weight_decay: float,
