@@ -43,6 +43,8 @@ DEFAULTS = {
     "early_stopping": True,
     "eb": False,
     "temp": False,
+    "rotate": True,  # False: a guide independent per feature, as tl.bayes_classify had before the principal axes
+    "seed": 0,
 }
 
 
@@ -84,12 +86,14 @@ def member(data, codes, train_idx, val_idx, cfg, seed):
 
     from scdgm.data import BatchStore, MiniBatches
     from scdgm.modules import BayesianClassifierModule
-    from scdgm.tl._bayes import _feature_stats
+    from scdgm.tl._bayes import _feature_stats, _principal_axes
     from scdgm.train import default_kl_warmup_epochs, default_max_epochs, fit, seeded
 
     n_classes = int(codes.max()) + 1
     mean, sd = _feature_stats(data, train_idx)
     bs = min(cfg["batch_size"], len(train_idx))
+    # As in tl.bayes_classify: the guide is independent along the principal axes of the training cells.
+    axes = _principal_axes(data, train_idx, mean, sd) if cfg["rotate"] else None
     with seeded(seed, "cpu"):
         cls = eb_module_class() if cfg["eb"] else BayesianClassifierModule
         extra = {"eb_bias": cfg["eb"] != "weights"} if cfg["eb"] else {}
@@ -101,9 +105,11 @@ def member(data, codes, train_idx, val_idx, cfg, seed):
             prior_scale=cfg["prior_scale"],
             n_train=len(train_idx),
             init_scale=cfg["init_scale"],
+            n_components=None if axes is None else axes.shape[1],
             **extra,
         )
-        module.set_standardization(torch.as_tensor(mean), torch.as_tensor(sd))
+        rotation = None if axes is None else torch.as_tensor(axes)
+        module.set_standardization(torch.as_tensor(mean), torch.as_tensor(sd), rotation)
         me = default_max_epochs(len(train_idx)) if cfg["max_epochs"] is None else cfg["max_epochs"]
         kw = default_kl_warmup_epochs(me) if cfg["kl_warmup"] is None else min(cfg["kl_warmup"], me)
         store = BatchStore.from_prepared(data, "cpu")
@@ -269,7 +275,7 @@ def part_cv(adata, names, cfg, api):
             hidden = np.zeros(len(codes), bool)
             hidden[test] = True
             work = masked(adata, labels, hidden)
-            res, info = run_api(work, c, "cv") if api else classify(work, c)
+            res, info = run_api(work, c, "cv") if api else classify(work, c, c["seed"])
             pooled[test] = reorder(res, work, classes)[test]
             infos.append(info)
         m = classification_metrics(pooled, codes)
@@ -299,7 +305,7 @@ def part_unseen(adata, names, cfg, api):
         aucs = []
         for _left_out, unseen, test_known, hidden in unseen_splits(labels):
             work = masked(adata, labels, hidden)
-            res, _ = run_api(work, c, "u") if api else classify(work, c)
+            res, _ = run_api(work, c, "u") if api else classify(work, c, c["seed"])
             scored = np.concatenate([test_known, np.flatnonzero(unseen)])
             aucs.append(auroc(res["epistemic"][scored], unseen[scored]))
         out[name] = {"auroc": float(np.mean(aucs)), "per_type": aucs}

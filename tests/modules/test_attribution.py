@@ -160,13 +160,16 @@ def test_completeness_error_definition():
 # ------------------------------------------------------------------------------------- classifier adaptors
 
 
-@pytest.mark.parametrize("n_layers", [0, 1, 2])
-def test_classifier_fast_model_equals_posterior_predictive(n_layers):
+@pytest.mark.parametrize(("n_layers", "n_components"), [(0, None), (1, None), (2, None), (1, 4)])
+def test_classifier_fast_model_equals_posterior_predictive(n_layers, n_components):
     from scdgm.modules import BayesianClassifierModule
 
     torch.manual_seed(0)
-    module = BayesianClassifierModule(6, 3, n_hidden=5, n_layers=n_layers, init_scale=0.3).eval()
-    module.set_standardization(torch.rand(6), torch.rand(6) + 0.5)
+    module = BayesianClassifierModule(
+        6, 3, n_hidden=5, n_layers=n_layers, init_scale=0.3, n_components=n_components
+    ).eval()
+    rotation = None if n_components is None else torch.linalg.qr(torch.randn(6, 6))[0][:, :n_components]
+    module.set_standardization(torch.rand(6), torch.rand(6) + 0.5, rotation)
     weights = module.draw_weights(7)
     x = torch.randn(4, 6)
     expected = module.probabilities(x, weights).mean(0)

@@ -113,9 +113,51 @@ def test_standardization_is_applied_and_floored():
     torch.testing.assert_close(module.standardize(torch.tensor([[3.0, -2.0]])), torch.tensor([[1.0, 0.0]]))
 
 
-def test_state_dict_rebuilds_the_same_module():
-    module = _module(n_input=3, n_classes=3, n_hidden=4, n_train=10)
-    module.set_standardization(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 1.0, 2.0]))
+def _rotation(n_input, n_components, seed=0):
+    """Random orthonormal columns ``(n_input, n_components)``."""
+    q, _ = torch.linalg.qr(torch.randn(n_input, n_input, generator=torch.Generator().manual_seed(seed)))
+    return q[:, :n_components].contiguous()
+
+
+def test_principal_axes_keep_the_prior_of_the_features():
+    module = _module(n_input=9, n_classes=3, n_hidden=4, prior_scale=3.0, n_components=4)
+    assert module.model.site_shape("weight_0") == (4, 4)
+    # the isotropic prior of the 9 features, seen along 4 orthonormal axes: the same scale per weight
+    np.testing.assert_allclose(module.model.prior("weight_0").base_dist.scale.unique().item(), 3.0 / 3.0)
+    rotation = _rotation(9, 4)
+    mean, sd = torch.randn(9), torch.rand(9) + 0.5
+    module.set_standardization(mean, sd, rotation)
+    x = torch.randn(5, 9)
+    torch.testing.assert_close(module.standardize(x), ((x - mean) / sd) @ rotation)
+    # the first layer along the axes is the same map as its weights carried back to the features
+    weights = module.draw_weights(3)
+    plain = _module(n_input=9, n_classes=3, n_hidden=4)
+    plain.set_standardization(mean, sd)
+    in_features = {**weights, "weight_0": module.feature_weights(weights["weight_0"])}
+    assert in_features["weight_0"].shape == (3, 4, 9)
+    torch.testing.assert_close(
+        plain.probabilities(x, in_features), module.probabilities(x, weights), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_rotation_is_required_exactly_with_n_components():
+    rotated, plain = _module(n_input=3, n_components=2), _module(n_input=3)
+    mean, sd = torch.zeros(3), torch.ones(3)
+    with pytest.raises(ValueError, match="built with n_components and needs a rotation"):
+        rotated.set_standardization(mean, sd)
+    with pytest.raises(ValueError, match="without n_components; it takes no rotation"):
+        plain.set_standardization(mean, sd, _rotation(3, 2))
+    with pytest.raises(ValueError, match=r"rotation must have shape \(3, 2\), got \(3, 3\)"):
+        rotated.set_standardization(mean, sd, _rotation(3, 3))
+    assert torch.equal(rotated.feature_mean, torch.zeros(3))  # nothing stored by a refused call
+    torch.testing.assert_close(plain.feature_weights(torch.ones(2, 3)), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("n_components", [None, 2])
+def test_state_dict_rebuilds_the_same_module(n_components):
+    module = _module(n_input=3, n_classes=3, n_hidden=4, n_train=10, n_components=n_components)
+    rotation = None if n_components is None else _rotation(3, n_components)
+    module.set_standardization(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 1.0, 2.0]), rotation)
     with torch.no_grad():
         for p in module.parameters():
             p.add_(0.1)
@@ -180,6 +222,8 @@ def test_nuts_needs_draws_to_keep():
         ({"prior_scale": -1.0}, "prior_scale must be a positive finite number"),
         ({"prior_scale": float("nan")}, "prior_scale must be a positive finite number"),
         ({"n_layers": True}, "n_layers must be an integer"),
+        ({"n_components": 0}, "n_components must be an integer >= 1"),
+        ({"n_components": 4}, "n_components=4 cannot exceed n_input=3"),
     ],
 )
 def test_bad_arguments(kwargs, match):

@@ -188,8 +188,43 @@ def test_on_a_layer_of_genes(base):
     entry = base.uns["bayes"]
     assert entry["params"]["layer"] == "log" and "use_rep" not in entry["params"]
     assert entry["model"]["init_kwargs"]["n_input"] == base.n_vars
+    # the guide is independent along the principal axes of the training cells (fewer than the genes)
+    assert 1 < entry["model"]["init_kwargs"]["n_components"] <= base.n_vars
     assert list(entry["model"]["var_names"]) == list(base.var_names)
     assert entry["metrics"]["accuracy"] > 0.8
+
+
+def _axes_of(columns, rows):
+    from scdgm.data import prepare_data
+    from scdgm.tl._bayes import _feature_stats, _principal_axes
+
+    adata = ad.AnnData(np.zeros((columns.shape[0], 1), dtype=np.float32), obsm={"X_rep": columns})
+    data = prepare_data(adata, use_rep="X_rep")
+    mean, sd = _feature_stats(data, rows)
+    return _principal_axes(data, rows, mean, sd), (columns[rows] - mean) / np.maximum(sd, 1e-6)
+
+
+def test_principal_axes_span_the_training_cells_only():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=60), 3 * rng.normal(size=60)
+    # a third column that is a mix of the first two, and a constant one: two axes carry all the variance
+    columns = np.stack([a, b, a - 2 * b, np.full(60, 5.0)], axis=1).astype(np.float32)
+    axes, z = _axes_of(columns, np.arange(40))
+    assert axes.shape == (4, 2)
+    np.testing.assert_allclose(axes.T @ axes, np.eye(2), atol=1e-5)
+    np.testing.assert_allclose(z @ axes @ axes.T, z, atol=1e-4)  # nothing of the training cells is lost
+    variance = ((z @ axes) ** 2).sum(0)
+    assert variance[0] >= variance[1]  # largest first
+
+
+def test_too_many_features_keep_their_own_basis(base, monkeypatch):
+    import scdgm.tl._bayes as bayes_tl
+
+    monkeypatch.setattr(bayes_tl, "MAX_ROTATED_FEATURES", 4)
+    assert _axes_of(np.asarray(base.obsm["X_rep"]), np.arange(50))[0] is None
+    dgm.tl.bayes_classify(base, "label", use_rep="X_rep", **FIT)
+    assert dgm.get_model(base, "bayes").rotation is None
+    assert base.uns["bayes"]["metrics"]["accuracy"] > 0.8
 
 
 # --------------------------------------------------------------------------------------------------

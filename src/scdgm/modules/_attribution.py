@@ -469,8 +469,9 @@ def classifier_head(
 def classifier_on_inputs(module: Any, weights: dict[str, torch.Tensor], *, output: str = "probability") -> LinearFirst:
     """:func:`classifier_head` as a :class:`LinearFirst` model of the classifier's own inputs (fast path).
 
-    The standardisation and the first layer of every draw are one linear map: the draws' first-layer
-    weights are stacked into one ``(draws * hidden, features)`` matrix with the standardisation folded in.
+    The standardisation (and projection) and the first layer of every draw are one linear map: the
+    draws' first-layer weights are stacked into one ``(draws * hidden, features)`` matrix with the
+    standardisation folded in.
 
     Parameters
     ----------
@@ -492,7 +493,7 @@ def classifier_on_inputs(module: Any, weights: dict[str, torch.Tensor], *, outpu
         raise ValueError(msg)
     w0, b0 = weights["weight_0"], weights["bias_0"]  # (draws, out, in), (draws, out)
     n_draws, n_out, _ = w0.shape
-    scaled = w0 / module.feature_sd  # W (x - m) / s = (W / s) x - (W / s) m
+    scaled = module.feature_weights(w0) / module.feature_sd  # W (x - m) / s = (W / s) x - (W / s) m
     stacked = scaled.reshape(n_draws * n_out, -1)
     bias = (b0 - scaled @ module.feature_mean).reshape(-1)
     later = {k: v for k, v in weights.items() if not k.endswith("_0")}

@@ -32,7 +32,7 @@ INFERENCES = ("svi", "nuts")
 # for early stopping than the single draw of a training step.
 _EVAL_DRAWS = 8
 # Floor of the standard deviation of an input feature: constant features are centred, not blown up.
-_SD_FLOOR = 1e-6
+SD_FLOOR = 1e-6
 
 
 @contextlib.contextmanager
@@ -98,17 +98,28 @@ class BayesianMLP(PyroModule):
     A weight of a layer with ``n`` inputs has prior ``N(0, prior_scale**2 / n)`` and a bias
     ``N(0, prior_scale**2)``: scaling by the fan-in keeps the prior's spread of the pre-activations
     at about ``prior_scale`` whatever the number of inputs, so 10 latent dimensions and 2,000 genes
-    are regularised alike.
+    are regularised alike. ``input_fan_in`` replaces ``n_input`` in the first layer's scaling when the
+    inputs are coordinates along orthonormal axes of a space with more dimensions (see
+    :class:`BayesianClassifierModule`): the isotropic prior is then the same as in the original space.
     """
 
-    def __init__(self, n_input: int, n_classes: int, n_hidden: int, n_layers: int, prior_scale: float) -> None:
+    def __init__(
+        self,
+        n_input: int,
+        n_classes: int,
+        n_hidden: int,
+        n_layers: int,
+        prior_scale: float,
+        input_fan_in: int | None = None,
+    ) -> None:
         super().__init__()
         self.n_layers = n_layers
         sizes = [n_input] + [n_hidden] * n_layers + [n_classes]
         self.layer_shapes = [(n_out, n_in) for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)]
         for i, (n_out, n_in) in enumerate(self.layer_shapes):
+            fan_in = input_fan_in if i == 0 and input_fan_in is not None else n_in
             # Prior scales are buffers so that `.to(device)` moves the prior with the module.
-            self.register_buffer(f"weight_prior_scale_{i}", torch.tensor(prior_scale / math.sqrt(n_in)))
+            self.register_buffer(f"weight_prior_scale_{i}", torch.tensor(prior_scale / math.sqrt(fan_in)))
             self.register_buffer(f"bias_prior_scale_{i}", torch.tensor(float(prior_scale)))
             weight_prior = functools.partial(_normal_prior, scale_name=f"weight_prior_scale_{i}", shape=(n_out, n_in))
             bias_prior = functools.partial(_normal_prior, scale_name=f"bias_prior_scale_{i}", shape=(n_out,))
@@ -163,7 +174,14 @@ class BayesianClassifierModule(BaseModule):
 
     Inputs are standardised with a per-feature mean and standard deviation held in buffers (set them
     from the training cells with :meth:`set_standardization`), so the normal priors suit inputs of any
-    scale. The loss is the negative ELBO per training cell,
+    scale. With ``n_components``, the standardised inputs are further projected on that many orthonormal
+    axes (the principal axes of the training cells, also set by :meth:`set_standardization`) and the
+    first layer reads these coordinates. The prior is unchanged, since an isotropic normal prior does
+    not depend on the basis; what changes is the mean-field guide, which is now independent along
+    the principal axes rather than along the features. For correlated features such as genes this
+    matters: a guide independent per gene cannot express that correlated genes' weights trade off
+    against one another, so it overstates the spread of the predictions and makes them underconfident.
+    The loss is the negative ELBO per training cell,
     ``E_q[-log p(y | x, w)] + kl_weight * KL(q(w) || p(w)) / n_train``, with the KL in closed form
     (both are normal); the likelihood of a minibatch is thus scaled to the training set and the KL
     counts once per data set.
@@ -186,6 +204,9 @@ class BayesianClassifierModule(BaseModule):
         Initial standard deviation of the guide, as a fraction of the prior's at each weight.
     n_posterior_samples
         Number of NUTS draws the module holds (``0`` for a module fitted by SVI).
+    n_components
+        Orthonormal axes the standardised inputs are projected on before the first layer (at most
+        ``n_input``); ``None`` reads the standardised features themselves.
     """
 
     def __init__(
@@ -199,6 +220,7 @@ class BayesianClassifierModule(BaseModule):
         n_train: int = 1,
         init_scale: float = 0.1,
         n_posterior_samples: int = 0,
+        n_components: int | None = None,
     ) -> None:
         super().__init__()
         n_input = check_integer("n_input", n_input, 1)
@@ -209,6 +231,11 @@ class BayesianClassifierModule(BaseModule):
         n_train = check_integer("n_train", n_train, 1)
         init_scale = _positive("init_scale", init_scale)
         n_posterior_samples = check_integer("n_posterior_samples", n_posterior_samples, 0)
+        if n_components is not None:
+            n_components = check_integer("n_components", n_components, 1)
+            if n_components > n_input:
+                msg = f"n_components={n_components} cannot exceed n_input={n_input}."
+                raise ValueError(msg)
         self.init_kwargs = {
             "n_input": n_input,
             "n_classes": n_classes,
@@ -218,20 +245,30 @@ class BayesianClassifierModule(BaseModule):
             "n_train": n_train,
             "init_scale": init_scale,
             "n_posterior_samples": n_posterior_samples,
+            "n_components": n_components,
         }
         self.n_classes = n_classes
         self.n_layers = n_layers
         self.n_train = n_train
         self.register_buffer("feature_mean", torch.zeros(n_input))
         self.register_buffer("feature_sd", torch.ones(n_input))
+        width = n_input if n_components is None else n_components
+        self.register_buffer("rotation", None if n_components is None else torch.eye(n_input, n_components))
         # Pyro modules must be built (and called) with module-local params on, to own their parameters.
         with module_local_params():
-            self.model = BayesianMLP(n_input, n_classes, n_hidden, n_layers, prior_scale)
+            self.model = BayesianMLP(
+                n_input=width,
+                n_classes=n_classes,
+                n_hidden=n_hidden,
+                n_layers=n_layers,
+                prior_scale=prior_scale,
+                input_fan_in=n_input,
+            )
             init_loc = functools.partial(_init_loc, prior_scale=prior_scale)
             self.guide = AutoNormal(self.model, init_loc_fn=init_loc, init_scale=init_scale)
             # AutoNormal creates its parameters on first call; do it now so they are in the state_dict
             # of a fresh module (needed to load stored weights into a rebuilt one).
-            self.guide(torch.zeros(1, n_input), torch.zeros(1, dtype=torch.long))
+            self.guide(torch.zeros(1, width), torch.zeros(1, dtype=torch.long))
         # Every guide scale starts at `init_scale` times its prior's. A fixed absolute start (0.01) sits
         # ~4 nats per weight below a prior of scale ~0.5, a KL that the optimiser's small steps on the
         # scales' logarithm take thousands of steps to shed, so short runs ended near a point estimate.
@@ -251,20 +288,41 @@ class BayesianClassifierModule(BaseModule):
         """``"nuts"`` when the module holds NUTS draws, else ``"svi"``."""
         return "nuts" if self.init_kwargs["n_posterior_samples"] > 0 else "svi"
 
-    def set_standardization(self, mean: torch.Tensor, sd: torch.Tensor) -> None:
-        """Store the per-feature mean and standard deviation of the training inputs.
+    def set_standardization(self, mean: torch.Tensor, sd: torch.Tensor, rotation: torch.Tensor | None = None) -> None:
+        """Store the per-feature mean and standard deviation of the training inputs, and the axes.
 
         Parameters
         ----------
         mean, sd
             ``(features,)`` tensors; standard deviations below ``1e-6`` are raised to it.
+        rotation
+            ``(features, n_components)`` matrix with orthonormal columns that the standardised inputs
+            are projected on; required exactly when the module was built with ``n_components``.
         """
+        if (rotation is None) != (self.rotation is None):
+            msg = (
+                "This module was built with n_components and needs a rotation."
+                if rotation is None
+                else "This module was built without n_components; it takes no rotation."
+            )
+            raise ValueError(msg)
         self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.feature_sd.copy_(torch.as_tensor(sd, dtype=torch.float32).clamp_min(_SD_FLOOR))
+        self.feature_sd.copy_(torch.as_tensor(sd, dtype=torch.float32).clamp_min(SD_FLOOR))
+        if rotation is not None:
+            rotation = torch.as_tensor(rotation, dtype=torch.float32)
+            if rotation.shape != self.rotation.shape:
+                msg = f"rotation must have shape {tuple(self.rotation.shape)}, got {tuple(rotation.shape)}."
+                raise ValueError(msg)
+            self.rotation.copy_(rotation)
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        """Inputs centred and scaled with the stored training statistics."""
-        return (x - self.feature_mean) / self.feature_sd
+        """Inputs centred and scaled with the stored training statistics, then projected on the axes."""
+        z = (x - self.feature_mean) / self.feature_sd
+        return z if self.rotation is None else z @ self.rotation
+
+    def feature_weights(self, weight: torch.Tensor) -> torch.Tensor:
+        """First-layer weights ``([draws,] out, width)`` as weights of the standardised features ``(..., features)``."""
+        return weight if self.rotation is None else weight @ self.rotation.T
 
     def guide_loc_scale(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation of the mean-field guide at the site ``name``."""

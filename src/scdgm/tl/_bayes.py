@@ -31,6 +31,10 @@ N_CALIBRATION_BINS = 15
 INFERENCE_BATCH_SIZE = 4096
 # NUTS explores every weight at once; beyond this many it gets slow enough to warn about.
 NUTS_WEIGHT_WARNING = 2000
+# The guide is independent along the inputs' principal axes up to this many features (a dense
+# features x features eigendecomposition); beyond, along the features themselves.
+MAX_ROTATED_FEATURES = 4096
+_AXIS_TOLERANCE = 1e-6
 _EPS = 1e-12
 
 
@@ -199,6 +203,41 @@ def _feature_stats(data: PreparedData, rows: np.ndarray) -> tuple[np.ndarray, np
     return mean, sd
 
 
+def _principal_axes(data: PreparedData, rows: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray | None:
+    """Orthonormal principal axes ``(features, k)`` of the standardised inputs of ``rows``, or ``None``.
+
+    Only the axes along which the cells vary are kept (eigenvalue above ``1e-6`` of the largest): in
+    the others the training cells carry no information, and new cells' components there would only
+    meet weights drawn from the prior. Beyond ``MAX_ROTATED_FEATURES`` features the covariance matrix
+    gets too large to decompose, and ``None`` keeps the features' own basis.
+    """
+    if data.n_vars > MAX_ROTATED_FEATURES:
+        logger.info(
+            f"{data.n_vars} features exceed {MAX_ROTATED_FEATURES}: the guide stays independent per feature "
+            "(for a better-calibrated classifier, pass a lower-dimensional use_rep such as 'X_vae' or 'X_pca')"
+        )
+        return None
+    import scipy.sparse as sp
+
+    from ..modules._bayes import SD_FLOOR
+
+    wanted = np.zeros(data.n_obs, dtype=bool)
+    wanted[rows] = True
+    scatter = np.zeros((data.n_vars, data.n_vars))
+    for start, stop, block in data.iter_chunks():
+        pick = np.flatnonzero(wanted[start:stop])
+        if pick.size == 0:
+            continue
+        block = block[pick]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        z = (block.astype(np.float64) - mean) / np.maximum(sd, SD_FLOOR)
+        scatter += z.T @ z
+    eigenvalues, eigenvectors = np.linalg.eigh(scatter)
+    keep = eigenvalues > _AXIS_TOLERANCE * max(eigenvalues.max(), _EPS)
+    # Largest first, so the kept axes read like principal components.
+    return np.ascontiguousarray(eigenvectors[:, keep][:, ::-1], dtype=np.float32)
+
+
 def _dense_rows(data: PreparedData, rows: np.ndarray) -> np.ndarray:
     import scipy.sparse as sp
 
@@ -326,7 +365,12 @@ def bayes_classify(
         posterior, below 1 tempers it (sharper, less regularised).
     inference
         ``"svi"`` (mean-field normal guide, minibatches, scales to millions of cells) or ``"nuts"``
-        (exact posterior draws on all training cells at once; small problems only).
+        (exact posterior draws on all training cells at once; small problems only). The first layer
+        reads the standardised inputs' coordinates along their principal axes in the training cells
+        (up to 4,096 features; axes without variance are dropped). The prior does not change, but the
+        mean-field guide is then independent along these axes instead of along correlated genes, which
+        on pbmc68k genes lowered the calibration error from 0.071 to 0.045 (mean of 3 seeds,
+        ``benchmarks/README.md``).
     num_samples
         Weight draws of the posterior predictive (SVI), or NUTS draws kept after warm-up.
     num_warmup
@@ -554,6 +598,7 @@ def run_bayes_classify(
         f"x {data.n_vars} features from {data.source} ({len(val_idx)} held out, {n_unlabelled} to annotate, {device})"
     )
     mean, sd = _feature_stats(data, train_idx)
+    axes = _principal_axes(data, train_idx, mean, sd)
 
     max_epochs_used = kl_warmup_used = None
     with seeded(seed, device):
@@ -565,8 +610,11 @@ def run_bayes_classify(
             prior_scale=prior_scale,
             n_train=len(train_idx),
             n_posterior_samples=num_samples if inference == "nuts" else 0,
+            n_components=None if axes is None else axes.shape[1],
         )
-        module.set_standardization(torch.as_tensor(mean), torch.as_tensor(sd))
+        module.set_standardization(
+            torch.as_tensor(mean), torch.as_tensor(sd), None if axes is None else torch.as_tensor(axes)
+        )
         module = module.to(device)
         history: dict[str, Any] = {}
         if inference == "svi":
