@@ -215,6 +215,8 @@ def test_principal_axes_span_the_training_cells_only():
     np.testing.assert_allclose(z @ axes @ axes.T, z, atol=1e-4)  # nothing of the training cells is lost
     variance = ((z @ axes) ** 2).sum(0)
     assert variance[0] >= variance[1]  # largest first
+    # inputs that do not vary have no axes: the features' own basis is kept
+    assert _axes_of(np.full((20, 3), 2.0, dtype=np.float32), np.arange(10))[0] is None
 
 
 def test_too_many_features_keep_their_own_basis(base, monkeypatch):

@@ -7,6 +7,7 @@ AUROC) that the tool, the plot and the benchmarks share.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -177,19 +178,23 @@ def uncertainty_from_summary(summary: np.ndarray) -> dict[str, np.ndarray]:
 
 # --------------------------------------------------------------------------------------------------
 # shared steps
+def _row_blocks(data: PreparedData, rows: np.ndarray) -> Iterator[Any]:
+    """The inputs of ``rows``, chunk by chunk (sparse or dense as stored), in the data's order."""
+    wanted = np.zeros(data.n_obs, dtype=bool)
+    wanted[rows] = True
+    for start, stop, block in data.iter_chunks():
+        pick = np.flatnonzero(wanted[start:stop])
+        if pick.size:
+            yield block[pick]
+
+
 def _feature_stats(data: PreparedData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of every feature over ``rows``, read chunk by chunk."""
     import scipy.sparse as sp
 
     total = np.zeros(data.n_vars)
     squares = np.zeros(data.n_vars)
-    wanted = np.zeros(data.n_obs, dtype=bool)
-    wanted[rows] = True
-    for start, stop, block in data.iter_chunks():
-        pick = np.flatnonzero(wanted[start:stop])
-        if pick.size == 0:
-            continue
-        block = block[pick]
+    for block in _row_blocks(data, rows):
         if sp.issparse(block):
             total += np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
             squares += np.asarray(block.multiply(block).sum(axis=0), dtype=np.float64).ravel()
@@ -209,7 +214,8 @@ def _principal_axes(data: PreparedData, rows: np.ndarray, mean: np.ndarray, sd: 
     Only the axes along which the cells vary are kept (eigenvalue above ``1e-6`` of the largest): in
     the others the training cells carry no information, and new cells' components there would only
     meet weights drawn from the prior. Beyond ``MAX_ROTATED_FEATURES`` features the covariance matrix
-    gets too large to decompose, and ``None`` keeps the features' own basis.
+    gets too large to decompose, and ``None`` keeps the features' own basis (as it does for inputs
+    that do not vary at all).
     """
     if data.n_vars > MAX_ROTATED_FEATURES:
         logger.info(
@@ -221,19 +227,15 @@ def _principal_axes(data: PreparedData, rows: np.ndarray, mean: np.ndarray, sd: 
 
     from ..modules._bayes import SD_FLOOR
 
-    wanted = np.zeros(data.n_obs, dtype=bool)
-    wanted[rows] = True
     scatter = np.zeros((data.n_vars, data.n_vars))
-    for start, stop, block in data.iter_chunks():
-        pick = np.flatnonzero(wanted[start:stop])
-        if pick.size == 0:
-            continue
-        block = block[pick]
-        block = block.toarray() if sp.issparse(block) else np.asarray(block)
-        z = (block.astype(np.float64) - mean) / np.maximum(sd, SD_FLOOR)
+    for block in _row_blocks(data, rows):
+        dense = block.toarray() if sp.issparse(block) else np.asarray(block)
+        z = (dense.astype(np.float64) - mean) / np.maximum(sd, SD_FLOOR)
         scatter += z.T @ z
     eigenvalues, eigenvectors = np.linalg.eigh(scatter)
-    keep = eigenvalues > _AXIS_TOLERANCE * max(eigenvalues.max(), _EPS)
+    keep = eigenvalues > _AXIS_TOLERANCE * eigenvalues.max()
+    if eigenvalues.max() <= 0 or not keep.any():
+        return None
     # Largest first, so the kept axes read like principal components.
     return np.ascontiguousarray(eigenvectors[:, keep][:, ::-1], dtype=np.float32)
 
