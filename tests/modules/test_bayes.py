@@ -148,8 +148,10 @@ def test_rotation_is_required_exactly_with_n_components():
     with pytest.raises(ValueError, match="without n_components; it takes no rotation"):
         plain.set_standardization(mean, sd, _rotation(3, 2))
     with pytest.raises(ValueError, match=r"rotation must have shape \(3, 2\), got \(3, 3\)"):
-        rotated.set_standardization(mean, sd, _rotation(3, 3))
-    assert torch.equal(rotated.feature_mean, torch.zeros(3))  # nothing stored by a refused call
+        rotated.set_standardization(mean + 1.0, sd, _rotation(3, 3))
+    # nothing is stored by a refused call
+    assert torch.equal(rotated.feature_mean, torch.zeros(3))
+    assert torch.equal(rotated.rotation, torch.eye(3, 2))
     torch.testing.assert_close(plain.feature_weights(torch.ones(2, 3)), torch.ones(2, 3))
 
 

@@ -306,14 +306,14 @@ class BayesianClassifierModule(BaseModule):
                 else "This module was built without n_components; it takes no rotation."
             )
             raise ValueError(msg)
-        self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.feature_sd.copy_(torch.as_tensor(sd, dtype=torch.float32).clamp_min(SD_FLOOR))
         if rotation is not None:
             rotation = torch.as_tensor(rotation, dtype=torch.float32)
             if rotation.shape != self.rotation.shape:
                 msg = f"rotation must have shape {tuple(self.rotation.shape)}, got {tuple(rotation.shape)}."
                 raise ValueError(msg)
             self.rotation.copy_(rotation)
+        self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.feature_sd.copy_(torch.as_tensor(sd, dtype=torch.float32).clamp_min(SD_FLOOR))
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs centred and scaled with the stored training statistics, then projected on the axes."""
