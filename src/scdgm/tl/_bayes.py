@@ -233,9 +233,10 @@ def _principal_axes(data: PreparedData, rows: np.ndarray, mean: np.ndarray, sd: 
         z = (dense.astype(np.float64) - mean) / np.maximum(sd, SD_FLOOR)
         scatter += z.T @ z
     eigenvalues, eigenvectors = np.linalg.eigh(scatter)
-    keep = eigenvalues > _AXIS_TOLERANCE * eigenvalues.max()
-    if eigenvalues.max() <= 0 or not keep.any():
+    largest = eigenvalues.max()
+    if largest <= 0:
         return None
+    keep = eigenvalues > _AXIS_TOLERANCE * largest
     # Largest first, so the kept axes read like principal components.
     return np.ascontiguousarray(eigenvectors[:, keep][:, ::-1], dtype=np.float32)
 
