@@ -117,7 +117,7 @@ def _logistic_regression(X, codes, train, test):
 def part_cv(adata, names, kwargs):
     from sklearn.model_selection import StratifiedKFold
 
-    from scdgm.tl._bayes import classification_metrics
+    from scdgm._metrics import classification_metrics
 
     labels = adata.obs["cell_type"].astype(str).to_numpy()
     classes = sorted(set(labels))
@@ -175,7 +175,7 @@ def unseen_splits(labels):
 
 
 def part_unseen(adata, names, kwargs):
-    from scdgm.tl._bayes import auroc
+    from scdgm._metrics import auroc
 
     labels = adata.obs["cell_type"].astype(str).to_numpy()
     inputs = _inputs(adata, names)
@@ -220,7 +220,7 @@ def part_unseen(adata, names, kwargs):
 def part_nuts(adata, kwargs, *, num_warmup, num_samples, n_hidden):
     from sklearn.model_selection import StratifiedKFold
 
-    from scdgm.tl._bayes import classification_metrics
+    from scdgm._metrics import classification_metrics
 
     labels = adata.obs["cell_type"].astype(str).to_numpy()
     classes = sorted(set(labels))

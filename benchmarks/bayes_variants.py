@@ -84,16 +84,16 @@ def eb_module_class():
 def member(data, codes, train_idx, val_idx, cfg, seed):
     import torch
 
-    from scdgm.data import BatchStore, MiniBatches
+    from scdgm.data import BatchStore, MiniBatches, feature_stats, principal_axes
     from scdgm.modules import BayesianClassifierModule
-    from scdgm.tl._bayes import _feature_stats, _principal_axes
+    from scdgm.modules._bayes import SD_FLOOR
     from scdgm.train import default_kl_warmup_epochs, default_max_epochs, fit, seeded
 
     n_classes = int(codes.max()) + 1
-    mean, sd = _feature_stats(data, train_idx)
+    mean, sd = feature_stats(data, train_idx)
     bs = min(cfg["batch_size"], len(train_idx))
     # As in tl.bayes_classify: the guide is independent along the principal axes of the training cells.
-    axes = _principal_axes(data, train_idx, mean, sd) if cfg["rotate"] else None
+    axes = principal_axes(data, train_idx, mean, sd, sd_floor=SD_FLOOR) if cfg["rotate"] else None
     with seeded(seed, "cpu"):
         cls = eb_module_class() if cfg["eb"] else BayesianClassifierModule
         extra = {"eb_bias": cfg["eb"] != "weights"} if cfg["eb"] else {}
@@ -135,12 +135,12 @@ def member(data, codes, train_idx, val_idx, cfg, seed):
 def draw_logits(module, data, num_samples, seed):
     import torch
 
+    from scdgm.data import dense_rows
     from scdgm.modules._bayes import mlp_logits
-    from scdgm.tl._bayes import _dense_rows
     from scdgm.train import seeded
 
     module.eval()
-    x = torch.as_tensor(_dense_rows(data, np.arange(data.n_obs)))
+    x = torch.as_tensor(dense_rows(data, np.arange(data.n_obs)))
     with seeded(seed, "cpu"), torch.no_grad():
         weights = module.draw_weights(num_samples)
         return mlp_logits(module.standardize(x), weights, module.n_layers)
@@ -175,8 +175,8 @@ def summary(module, data, num_samples, seed):
 
 def classify(adata, cfg, seed=0):
     """Returns (result dict over all cells, info)."""
+    from scdgm._metrics import negative_log_likelihood, uncertainty_from_summary
     from scdgm.data import prepare_data, split_indices
-    from scdgm.tl._bayes import negative_log_likelihood, uncertainty_from_summary
 
     data = prepare_data(adata, use_rep=cfg["use_rep"], labels_key="masked_label", allow_missing_labels=True)
     codes = data.covariates["labels"]
@@ -259,7 +259,7 @@ def run_api(work, cfg, key):
 def part_cv(adata, names, cfg, api):
     from sklearn.model_selection import StratifiedKFold
 
-    from scdgm.tl._bayes import classification_metrics
+    from scdgm._metrics import classification_metrics
 
     labels = adata.obs["cell_type"].astype(str).to_numpy()
     classes = sorted(set(labels))
@@ -296,7 +296,7 @@ def part_cv(adata, names, cfg, api):
 def part_unseen(adata, names, cfg, api):
     from bayes_pbmc import unseen_splits
 
-    from scdgm.tl._bayes import auroc
+    from scdgm._metrics import auroc
 
     labels = adata.obs["cell_type"].astype(str).to_numpy()
     out = {}

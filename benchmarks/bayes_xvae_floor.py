@@ -39,7 +39,7 @@ def best_logistic_regression(X: np.ndarray, codes: np.ndarray, folds: list) -> d
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from scdgm.tl._bayes import classification_metrics
+    from scdgm._metrics import classification_metrics
 
     best = None
     for C in C_GRID:

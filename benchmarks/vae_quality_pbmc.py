@@ -24,9 +24,7 @@ def main() -> None:
 
     import scdgm as dgm
     from scdgm._metrics import knn_label_accuracy
-    from scdgm.data import BatchStore
-    from scdgm.tl._common import model_for, prepare_for_model
-    from scdgm.tl._vae import heldout_metrics
+    from scdgm.tl._common import apply_stored_model
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -61,13 +59,10 @@ def main() -> None:
         mask[held] = True
         train, test = base[~mask].copy(), base[mask].copy()
         dgm.tl.vae(train, seed=seed, max_epochs=args.epochs, validation_fraction=0.0, early_stopping=False)
-        module, record = model_for(train, "vae", "cpu")
-        data = prepare_for_model(test, record, key="vae")
+        applied = apply_stored_model(test, "vae", device="cpu", source=train)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            elbo["scdgm"].append(
-                heldout_metrics(module, BatchStore.from_prepared(data, "cpu"), np.arange(test.n_obs))["elbo"]
-            )
+            elbo["scdgm"].append(applied.evaluate()["elbo"])
         scvi.model.SCVI.setup_anndata(train, layer="counts")
         model = scvi.model.SCVI(train)
         train_scvi(model, max_epochs=args.epochs, train_size=1.0)

@@ -47,15 +47,12 @@ def main(tool: str, n_cells: int, likelihood: str, epochs: int) -> dict:
             seed=0,
         )
         seconds = time.perf_counter() - start
-        from scdgm.data import BatchStore
-        from scdgm.tl._common import model_for, prepare_for_model
-        from scdgm.tl._vae import heldout_metrics
+        from scdgm.tl._common import apply_stored_model
 
-        module, record = model_for(train, "vae", "cpu")
-        data = prepare_for_model(held, record, key="vae")
+        applied = apply_stored_model(held, "vae", device="cpu", source=train)
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            metrics = heldout_metrics(module, BatchStore.from_prepared(data, "cpu"), np.arange(held.n_obs))
+            metrics = applied.evaluate()
         neg_elbo = metrics["elbo"]
         loop_cells_per_second = train.uns["vae"]["metrics"]["train_cells_per_second"]
     else:

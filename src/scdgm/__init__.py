@@ -4,11 +4,11 @@
 functions that need them.
 """
 
-from . import datasets, pl, pp, tl
+from . import datasets, get, pl, pp, tl
 from ._models import get_model
 from ._results import package_version
 from ._settings import settings
 
 __version__ = package_version()
 
-__all__ = ["datasets", "get_model", "pl", "pp", "settings", "tl"]
+__all__ = ["datasets", "get", "get_model", "pl", "pp", "settings", "tl"]

@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+
+def check_key(name: str, value: Any) -> str:
+    """Refuse a key that h5ad cannot store as one name: not a string, empty, or holding ``/``.
+
+    ``write_h5ad`` turns ``"a/b"`` into nested groups and puts ``""`` at the top of ``.uns``, so such
+    keys would not read back as written.
+    """
+    if not isinstance(value, str) or not value or "/" in value:
+        msg = f"{name}={value!r} is not a usable key: pass a non-empty string without '/' (h5ad reads '/' as nesting)."
+        raise ValueError(msg)
+    return value
+
+
+class _Stem:
+    """Checks the stem of every keys class on construction, before a tool does any work."""
+
+    stem: str
+
+    def __post_init__(self) -> None:
+        check_key("key_added", self.stem)
 
 
 @dataclass(frozen=True)
-class ModelKeys:
+class ModelKeys(_Stem):
     """Keys written by a model-training tool (``tl.vae`` and the models built on it)."""
 
     stem: str
@@ -32,7 +54,7 @@ class ModelKeys:
 
 
 @dataclass(frozen=True)
-class LoadingsKeys:
+class LoadingsKeys(_Stem):
     """Keys written by ``tl.ldvae_loadings``."""
 
     stem: str
@@ -64,7 +86,7 @@ class LoadingsKeys:
 
 
 @dataclass(frozen=True)
-class AttributionKeys:
+class AttributionKeys(_Stem):
     """Keys written by ``tl.integrated_gradients``."""
 
     stem: str
@@ -95,7 +117,7 @@ class AttributionKeys:
 
 
 @dataclass(frozen=True)
-class ClassifierKeys:
+class ClassifierKeys(_Stem):
     """Keys written by ``tl.bayes_classify``."""
 
     stem: str

@@ -39,9 +39,9 @@ def h5ad_safe(value: Any) -> Any:
     return value
 
 
-def record_params(**params: Any) -> dict[str, Any]:
-    """Arguments that shape a result, with the package version, ready for ``.uns[key]["params"]``."""
-    return h5ad_safe({**params, "scdgm_version": package_version()})
+def record_params(tool: str, **params: Any) -> dict[str, Any]:
+    """Arguments that shape a result, with the tool's name and the package version, for ``.uns[key]["params"]``."""
+    return h5ad_safe({"tool": tool, **params, "scdgm_version": package_version()})
 
 
 def write_results(

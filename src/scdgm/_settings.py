@@ -16,6 +16,19 @@ _VERBOSITY_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: l
 DeviceName = Literal["auto", "cpu", "cuda", "mps"] | str
 
 
+MAX_SEED = 2**32
+
+
+def check_seed(name: str, value: object) -> int:
+    """``value`` as a Python int when it is an integer seed in ``[0, 2**32)``, else a ValueError naming ``name``."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) < MAX_SEED:
+        msg = f"{name} must be an integer in [0, 2**32), not {value!r}."
+        raise ValueError(msg)
+    return int(value)
+
+
 class ScdgmConfig:
     """Settings of scdgm, available as ``scdgm.settings``.
 
@@ -57,10 +70,7 @@ class ScdgmConfig:
 
     @seed.setter
     def seed(self, value: int) -> None:
-        if not isinstance(value, int | bool) or isinstance(value, bool) or value < 0:
-            msg = f"settings.seed must be a non-negative integer, not {value!r}."
-            raise ValueError(msg)
-        self._seed = value
+        self._seed = check_seed("settings.seed", value)
 
     @property
     def verbosity(self) -> int:
@@ -92,30 +102,38 @@ class ScdgmConfig:
         import torch
 
         device = self.device if device is None else device
+        if not isinstance(device, str) or device.split(":")[0] not in {"auto", "cpu", "cuda", "mps"}:
+            msg = f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (a string), not {device!r}."
+            raise ValueError(msg)
+        mps = getattr(torch.backends, "mps", None)
+        mps_available = mps is not None and mps.is_available()
         if device == "auto":
             if torch.cuda.is_available():
                 return "cuda"
-            mps = getattr(torch.backends, "mps", None)
-            if mps is not None and mps.is_available():
-                return "mps"
-            return "cpu"
-        kind = device.split(":")[0]
-        if kind not in {"cpu", "cuda", "mps"}:
-            msg = f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', not {device!r}."
+            return "mps" if mps_available else "cpu"
+        kind, _, index = device.partition(":")
+        if index and not index.isdigit():
+            msg = f"device={device!r}: the part after ':' must be a GPU number, as in 'cuda:1'."
             raise ValueError(msg)
         if kind == "cuda" and not torch.cuda.is_available():
             msg = f"device={device!r} was asked for, but torch sees no CUDA GPU. Use device='auto' or 'cpu'."
-            raise RuntimeError(msg)
+            raise ValueError(msg)
+        if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+            msg = f"device={device!r}, but torch sees {torch.cuda.device_count()} CUDA GPU(s). Pick one of them."
+            raise ValueError(msg)
+        if kind == "mps" and not mps_available:
+            msg = f"device={device!r} was asked for, but Apple's MPS backend is not available here. Use device='auto' or 'cpu'."
+            raise ValueError(msg)
         return device
 
     def resolve_seed(self, seed: int | None) -> int:
-        """Return ``seed``, or the default seed where it is ``None``."""
+        """Return ``seed`` as a Python int, or the default seed where it is ``None``.
+
+        Seeds are integers in ``[0, 2**32)`` (numpy integers too), the range every generator we seed takes.
+        """
         if seed is None:
             return self.seed
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            msg = f"seed must be a non-negative integer, not {seed!r}."
-            raise ValueError(msg)
-        return seed
+        return check_seed("seed", seed)
 
     def __repr__(self) -> str:
         return (

@@ -221,8 +221,8 @@ def test_nuts_needs_draws_to_keep():
     [
         ({"n_classes": 1}, "n_classes must be an integer >= 2"),
         ({"n_hidden": 0}, "n_hidden must be an integer >= 1"),
-        ({"prior_scale": -1.0}, "prior_scale must be a positive finite number"),
-        ({"prior_scale": float("nan")}, "prior_scale must be a positive finite number"),
+        ({"prior_scale": -1.0}, "prior_scale must be a finite number > 0"),
+        ({"prior_scale": float("nan")}, "prior_scale must be a finite number > 0"),
         ({"n_layers": True}, "n_layers must be an integer"),
         ({"n_components": 0}, "n_components must be an integer >= 1"),
         ({"n_components": 4}, "n_components=4 cannot exceed n_input=3"),

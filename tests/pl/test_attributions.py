@@ -53,8 +53,11 @@ def result():
     adata.varm["ig_vae_abs"] = MEAN_ABS.astype(np.float32)
     adata.uns["ig_vae"] = {
         "targets": np.asarray(TARGETS, dtype=object),
-        "group_means": {"A": GROUP_A.astype(np.float32), "B": -MEAN.astype(np.float32)},
-        "group_sizes": {"A": 4, "B": 4},
+        "group_means": {
+            "groups": np.asarray(["A", "B"], dtype=object),
+            "sizes": np.asarray([4, 4]),
+            "values": np.stack([GROUP_A, -MEAN]).astype(np.float32),
+        },
         "groupby": "group",
     }
     yield adata
@@ -220,14 +223,15 @@ def test_on_a_real_result(_attributed):
     adata = _attributed
     entry = adata.uns["ig"]
     ax = dgm.pl.attributions(adata, key="ig", targets=["latent_1"], rank_by="positive", n_top=5, show=False)
-    assert _xlabels(ax) == list(entry["top_genes"]["latent_1"]["positive"])
+    assert _xlabels(ax) == list(entry["top_genes"]["positive"][1])
     ax = dgm.pl.attributions(adata, key="ig", targets=["latent_1"], rank_by="negative", n_top=5, show=False)
-    assert _xlabels(ax) == list(entry["top_genes"]["latent_1"]["negative"])
+    assert _xlabels(ax) == list(entry["top_genes"]["negative"][1])
     ax = dgm.pl.attributions(adata, key="ig", n_top=3, kind="dotplot", show=False)
     assert _ylabels(ax) == ["latent_0", "latent_1", "latent_2"]
     assert 3 <= len(_xlabels(ax)) <= 9
     group = adata.obs["cell_type"].cat.categories[0]
     ax = dgm.pl.attributions(adata, key="ig", group=group, targets=[0], n_top=1, show=False)
-    best = np.argmax(np.abs(entry["group_means"][group][:, 0]))
+    groups = list(entry["group_means"]["groups"])
+    best = np.argmax(np.abs(entry["group_means"]["values"][groups.index(group)][:, 0]))
     assert _xlabels(ax) == [adata.var_names[best]]
     plt.close("all")

@@ -6,8 +6,7 @@ import pandas as pd
 import pytest
 
 import scdgm as dgm
-from scdgm._warnings import ScdgmWarning
-from scdgm.tl._bayes import (
+from scdgm._metrics import (
     auroc,
     brier_score,
     calibration_bins,
@@ -15,6 +14,7 @@ from scdgm.tl._bayes import (
     expected_calibration_error,
     negative_log_likelihood,
 )
+from scdgm._warnings import ScdgmWarning
 
 N_UNLABELLED = 20
 FIT = {"max_epochs": 30, "batch_size": 32, "num_samples": 50, "seed": 0}
@@ -195,13 +195,13 @@ def test_on_a_layer_of_genes(base):
 
 
 def _axes_of(columns, rows):
-    from scdgm.data import prepare_data
-    from scdgm.tl._bayes import _feature_stats, _principal_axes
+    from scdgm.data import feature_stats, prepare_data, principal_axes
+    from scdgm.modules._bayes import SD_FLOOR
 
     adata = ad.AnnData(np.zeros((columns.shape[0], 1), dtype=np.float32), obsm={"X_rep": columns})
     data = prepare_data(adata, use_rep="X_rep")
-    mean, sd = _feature_stats(data, rows)
-    return _principal_axes(data, rows, mean, sd), (columns[rows] - mean) / np.maximum(sd, 1e-6)
+    mean, sd = feature_stats(data, rows)
+    return principal_axes(data, rows, mean, sd, sd_floor=SD_FLOOR), (columns[rows] - mean) / np.maximum(sd, 1e-6)
 
 
 def test_principal_axes_span_the_training_cells_only():
@@ -220,7 +220,7 @@ def test_principal_axes_span_the_training_cells_only():
 
 
 def test_too_many_features_keep_their_own_basis(base, monkeypatch):
-    import scdgm.tl._bayes as bayes_tl
+    import scdgm.data._stats as bayes_tl
 
     monkeypatch.setattr(bayes_tl, "MAX_ROTATED_FEATURES", 4)
     assert _axes_of(np.asarray(base.obsm["X_rep"]), np.arange(50))[0] is None
@@ -274,7 +274,7 @@ def test_predict_refuses_another_representation(fitted):
     with pytest.raises(ValueError, match=r"reads .obsm\['X_rep'\], not genes: layer='log' does not apply"):
         dgm.tl.bayes_predict(query, fitted, layer="log")
     del query.obsm["X_rep"]
-    with pytest.raises(KeyError, match="'X_rep' is not in adata.obsm"):
+    with pytest.raises(KeyError, match=r"reads .obsm\['X_rep'\], which adata lacks"):
         dgm.tl.bayes_predict(query, fitted)
     with pytest.raises(KeyError, match="Run `dgm.tl.bayes_classify"):
         dgm.tl.bayes_predict(query, fitted, key="nothing")
@@ -353,10 +353,10 @@ def test_nan_in_the_input(base):
     ("kwargs", "match"),
     [
         ({"inference": "mcmc"}, "inference='mcmc' is not supported"),
-        ({"unknown_quantile": 1.0}, "unknown_quantile must lie in"),
+        ({"unknown_quantile": 1.0}, "unknown_quantile must be a finite number in"),
         ({"validation_fraction": 0.0}, "validation_fraction=0 leaves no held-out cells"),
-        ({"unknown_threshold": -1.0}, "unknown_threshold must be a non-negative"),
-        ({"prior_scale": 0.0}, "prior_scale must be a positive"),
+        ({"unknown_threshold": -1.0}, "unknown_threshold must be a finite number >= 0"),
+        ({"prior_scale": 0.0}, "prior_scale must be a finite number > 0"),
         ({"num_samples": 0}, "num_samples must be an integer >= 1"),
         ({"kl_warmup_epochs": 40}, "kl_warmup_epochs=40 exceeds max_epochs=30"),
     ],

@@ -47,10 +47,13 @@ def test_writes_every_output(fitted):
     per_cell = _per_cell(fitted, "ig_vae", names)
     np.testing.assert_allclose(per_cell.mean(0).T, fitted.varm["ig_vae"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.abs(per_cell).mean(0).T, fitted.varm["ig_vae_abs"], rtol=1e-4, atol=1e-6)
-    top = entry["top_genes"]["latent_0"]
-    assert len(top["positive"]) == 5
-    assert top["positive"][0] == fitted.var_names[np.argmax(fitted.varm["ig_vae"][:, 0])]
-    assert top["negative"][0] == fitted.var_names[np.argmin(fitted.varm["ig_vae"][:, 0])]
+    top = dgm.get.top_genes(fitted, "ig_vae", target="latent_0")
+    positive = top[top["direction"] == "positive"]
+    assert len(positive) == 5
+    assert positive["gene"].iloc[0] == fitted.var_names[np.argmax(fitted.varm["ig_vae"][:, 0])]
+    assert (
+        top[top["direction"] == "negative"]["gene"].iloc[0] == fitted.var_names[np.argmin(fitted.varm["ig_vae"][:, 0])]
+    )
     assert entry["params"]["n_steps"] == 50 and entry["params"]["method"] == "gausslegendre"
 
 
@@ -94,9 +97,10 @@ def test_groupby_means(fitted):
     per_cell = _per_cell(fitted, "ig_vae", list(entry["targets"]))
     labels = fitted.obs["cell_type"].to_numpy()
     total = np.zeros_like(fitted.varm["ig_vae"])
-    for group, means in entry["group_means"].items():
+    stored = entry["group_means"]
+    for group, size, means in zip(stored["groups"], stored["sizes"], stored["values"], strict=True):
         in_group = labels == group
-        assert entry["group_sizes"][group] == in_group.sum()
+        assert size == in_group.sum()
         np.testing.assert_allclose(means, per_cell[in_group].mean(0).T, rtol=1e-4, atol=1e-6)
         total += means * in_group.sum()
     np.testing.assert_allclose(total / fitted.n_obs, fitted.varm["ig_vae"], rtol=1e-4, atol=1e-6)
@@ -143,10 +147,10 @@ def test_h5ad_round_trip(fitted, tmp_path):
     back = ad.read_h5ad(path)
     entry, original = back.uns["ig_vae"], fitted.uns["ig_vae"]
     assert list(entry["targets"]) == ["latent_0", "latent_2"]
-    for name in ("latent_0", "latent_2"):
-        assert list(entry["top_genes"][name]["positive"]) == list(original["top_genes"][name]["positive"])
-    for group, means in original["group_means"].items():
-        np.testing.assert_array_equal(entry["group_means"][group], means)
+    assert list(entry["top_genes"]["targets"]) == ["latent_0", "latent_2"]
+    np.testing.assert_array_equal(entry["top_genes"]["positive"], original["top_genes"]["positive"])
+    assert list(entry["group_means"]["groups"]) == list(original["group_means"]["groups"])
+    np.testing.assert_array_equal(entry["group_means"]["values"], original["group_means"]["values"])
     assert entry["params"]["target"].tolist() == ["latent_0", "latent_2"]
     np.testing.assert_array_equal(back.varm["ig_vae"], fitted.varm["ig_vae"])
     # the model travels too: the re-read object attributes again to the same result

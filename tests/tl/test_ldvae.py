@@ -20,10 +20,11 @@ def test_writes_loadings_latent_and_top_genes(_ldvae):
     entry = adata.uns["ldvae"]
     assert entry["params"]["rotation"] == "varimax"
     assert entry["model"]["init_kwargs"]["decoder"] == "linear"
-    top = entry["top_genes"]["factor_0"]
-    assert len(top["positive"]) == 5
+    top = dgm.get.top_genes(adata, "ldvae", target="factor_0", direction="positive")
+    assert len(top) == 5
     best = np.argmax(adata.varm["ldvae_loadings"][:, 0])
-    assert top["positive"][0] == adata.var_names[best]
+    assert top["gene"].iloc[0] == adata.var_names[best]
+    assert top["value"].iloc[0] == pytest.approx(adata.varm["ldvae_loadings"][best, 0])
 
 
 def test_trains_with_the_l1_penalty_by_default_and_it_sparsifies(_ldvae, _simulated):

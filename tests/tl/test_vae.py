@@ -159,15 +159,10 @@ def test_data_parallel_on_two_cpu_processes(simulated):
     assert len(history["train_elbo"]) == 4 and np.all(np.isfinite(history["validation_elbo"]))
     assert history["train_loss"][-1] < history["train_loss"][0]
     # the stored weights are the ones process 0 trained: rebuilding them gives the written latent space
-    module = dgm.get_model(simulated, "vae")
-    from scdgm.data import BatchStore
-    from scdgm.tl._common import prepare_for_model
-    from scdgm.tl._vae import latent_means
+    from scdgm.tl._common import apply_stored_model
 
-    data = prepare_for_model(simulated, simulated.uns["vae"]["model"], key="vae")
-    np.testing.assert_allclose(
-        latent_means(module, BatchStore.from_prepared(data, "cpu")), simulated.obsm["X_vae"], atol=1e-6
-    )
+    applied = apply_stored_model(simulated, "vae", device="cpu")
+    np.testing.assert_allclose(applied.predict(lambda m, b: m.latent_mean(b)), simulated.obsm["X_vae"], atol=1e-6)
 
 
 def test_devices_must_be_positive(simulated):

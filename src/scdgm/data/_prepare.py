@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 _N_SHOWN = 5
 _INTEGER_TOLERANCE = 1e-6
+MAX_COUNT = float(2**24)
+"""Largest count a count likelihood accepts: float32 holds every integer up to it exactly."""
 
 
 def _first(names: Any, n: int = _N_SHOWN) -> str:
@@ -288,6 +290,7 @@ class _Scan:
     n_negative: int = 0
     n_noninteger: int = 0
     n_nonzero: int = 0
+    max_value: float = 0.0
     row_sums: list[np.ndarray] = field(default_factory=list)
     gene_nonzero: np.ndarray = field(init=False)
 
@@ -298,6 +301,8 @@ class _Scan:
         """Entry-wise checks on stored values (all entries of a dense block, ``.data`` of a sparse one)."""
         if values.dtype.kind == "f":
             self.n_nonfinite += int(values.size - np.count_nonzero(np.isfinite(values)))
+        if counts and values.size:
+            self.max_value = max(self.max_value, float(np.nanmax(np.where(np.isfinite(values), values, 0))))
         if counts:
             self.n_negative += int(np.count_nonzero(values < 0))
             if values.dtype.kind == "f":
@@ -356,6 +361,12 @@ def _data_errors(scan: _Scan, source: str, counts: bool, obs_names: np.ndarray, 
             "but a count likelihood (nb, zinb, poisson) needs raw counts. Point to the raw counts with "
             "`layer='counts'` (or wherever they are kept), or use likelihood='normal' for normalised data."
         )
+    if scan.max_value > MAX_COUNT:
+        return (
+            f"{source} holds counts up to {scan.max_value:.3g}, beyond {MAX_COUNT:.3g}: no sequencing experiment "
+            "counts that many molecules of one gene in one cell, and float32 cannot hold such counts exactly. "
+            "These are not raw counts (scaled data?): point to the raw counts, or use likelihood='normal'."
+        )
     empty = np.flatnonzero(library == 0)
     if empty.size:
         return (
@@ -406,6 +417,7 @@ def prepare_data(
     encodings: Mapping[str, CategoryEncoding] | None = None,
     allow_missing_labels: bool = False,
     chunk_size: int = 10_000,
+    feature_filter_advice: bool = True,
 ) -> PreparedData:
     """Validate the input of a model and bring it to a :class:`PreparedData`; ``adata`` is not modified.
 
@@ -436,6 +448,9 @@ def prepare_data(
         Let cells without a label through, with code ``-1``.
     chunk_size
         Rows read at a time.
+    feature_filter_advice
+        Advise removing all-zero features in the warning about them. ``False`` where the features are
+        fixed by a trained model, which needs every one of them.
 
     Returns
     -------
@@ -449,6 +464,14 @@ def prepare_data(
             msg = f"{name}={key!r} is not a column of adata.obs. Available columns: {list(adata.obs.columns)}."
             raise KeyError(msg)
     X, source, var_names = _select_input(adata, layer, use_rep)
+    if use_rep is None and not adata.var_names.is_unique:
+        repeated = adata.var_names[adata.var_names.duplicated()].unique()
+        msg = (
+            f"adata.var_names repeats {len(repeated)} name(s) (first: {_first(repeated)}). Genes are matched by "
+            "name (to apply a model, to report loadings), so they must be unique: run "
+            "`adata.var_names_make_unique()` first."
+        )
+        raise ValueError(msg)
     n_obs, n_vars = X.shape
     if n_obs == 0 or n_vars == 0:
         msg = (
@@ -477,7 +500,7 @@ def prepare_data(
     if all_zero.size:
         advice = (
             "Remove them with `sc.pp.filter_genes(adata, min_cells=1)`: they carry no information and slow training."
-            if use_rep is None
+            if use_rep is None and feature_filter_advice
             else "They carry no information."
         )
         msg = f"{all_zero.size} features of {source} are zero in every cell (first: {_first(var_names[all_zero])}). {advice}"

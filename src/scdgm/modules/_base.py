@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Integral
 from typing import Any
 
 import torch
 
+from .._checks import check_int
+
 
 def check_integer(name: str, value: Any, minimum: int) -> int:
     """``value`` as an ``int``, or a ``ValueError`` naming ``name`` when it is not an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        msg = f"{name} must be an integer >= {minimum}, got {value!r}."
-        raise ValueError(msg)
-    return int(value)
+    return check_int(name, value, minimum=minimum)
 
 
 @dataclass

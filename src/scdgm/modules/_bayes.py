@@ -13,7 +13,6 @@ import contextlib
 import functools
 import math
 from collections.abc import Iterator
-from numbers import Real
 from operator import attrgetter
 from typing import Any
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from pyro.infer.autoguide import AutoNormal
 from pyro.nn import PyroModule, PyroSample
 
+from .._checks import check_positive
 from ._base import BaseModule, LossOutput, check_integer
 
 INFERENCES = ("svi", "nuts")
@@ -40,13 +40,6 @@ def module_local_params() -> Iterator[None]:
     """Keep Pyro parameters inside their module (its ``state_dict``) instead of the global param store."""
     with pyro.settings.context(module_local_params=True):
         yield
-
-
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
-        msg = f"{name} must be a positive finite number, got {value!r}."
-        raise ValueError(msg)
-    return float(value)
 
 
 def _normal_prior(net: PyroModule, scale_name: str, shape: tuple[int, ...]) -> dist.Distribution:
@@ -227,9 +220,9 @@ class BayesianClassifierModule(BaseModule):
         n_classes = check_integer("n_classes", n_classes, 2)
         n_hidden = check_integer("n_hidden", n_hidden, 1)
         n_layers = check_integer("n_layers", n_layers, 0)
-        prior_scale = _positive("prior_scale", prior_scale)
+        prior_scale = check_positive("prior_scale", prior_scale)
         n_train = check_integer("n_train", n_train, 1)
-        init_scale = _positive("init_scale", init_scale)
+        init_scale = check_positive("init_scale", init_scale)
         n_posterior_samples = check_integer("n_posterior_samples", n_posterior_samples, 0)
         if n_components is not None:
             n_components = check_integer("n_components", n_components, 1)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_bool, check_choice, check_fraction, check_number
 from ._base import BaseModule, LossOutput, check_integer
 from ._likelihoods import COUNT_LIKELIHOODS, DISPERSED_LIKELIHOODS, EPS, LIKELIHOODS, log_likelihood, sample
 
@@ -21,20 +20,6 @@ DISPERSIONS = ("gene", "gene-batch")
 _VAR_EPS = 1e-4
 # BatchNorm settings of every layer (eps as in scVI; default momentum so short runs still settle the running stats).
 _BN_EPS = 1e-3
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        msg = f"Unknown {name}={value!r}; choose one of {', '.join(map(repr, allowed))}."
-        raise ValueError(msg)
-    return str(value)
-
-
-def _fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value < 1.0:
-        msg = f"{name} must be a number in [0, 1), got {value!r}."
-        raise ValueError(msg)
-    return float(value)
 
 
 class _CovariateLinear(nn.Module):
@@ -156,18 +141,14 @@ class VAEModule(BaseModule):
         n_latent = check_integer("n_latent", n_latent, 1)
         n_hidden = check_integer("n_hidden", n_hidden, 1)
         n_layers = check_integer("n_layers", n_layers, 1)
-        kind = _choice("kind", kind, KINDS)
-        likelihood = _choice("likelihood", likelihood, LIKELIHOODS)
-        decoder = _choice("decoder", decoder, DECODERS)
-        dispersion = _choice("dispersion", dispersion, DISPERSIONS)
-        dropout = _fraction("dropout", dropout)
-        corruption = _fraction("corruption", corruption)
-        if not isinstance(use_batch_norm, bool):
-            msg = f"use_batch_norm must be True or False, got {use_batch_norm!r}."
-            raise ValueError(msg)
-        if isinstance(loadings_l1, bool) or not isinstance(loadings_l1, Real) or not 0.0 <= loadings_l1 < math.inf:
-            msg = f"loadings_l1 must be a finite number >= 0, got {loadings_l1!r}."
-            raise ValueError(msg)
+        kind = check_choice("kind", kind, KINDS)
+        likelihood = check_choice("likelihood", likelihood, LIKELIHOODS)
+        decoder = check_choice("decoder", decoder, DECODERS)
+        dispersion = check_choice("dispersion", dispersion, DISPERSIONS)
+        dropout = check_fraction("dropout", dropout)
+        corruption = check_fraction("corruption", corruption)
+        use_batch_norm = check_bool("use_batch_norm", use_batch_norm)
+        loadings_l1 = check_number("loadings_l1", loadings_l1, minimum=0.0)
         if loadings_l1 > 0 and decoder != "linear":
             msg = f'loadings_l1={loadings_l1!r} penalises the gene loadings of a linear decoder; use decoder="linear" (LDVAE) or loadings_l1=0.'
             raise ValueError(msg)
@@ -427,9 +408,7 @@ class VAEModule(BaseModule):
         Cells x genes: ``scale * library`` for count likelihoods (the negative binomial mean, without
         zero inflation), the mean for ``"normal"``, the probability of a one for ``"bernoulli"``.
         """
-        if isinstance(n_samples, bool) or not isinstance(n_samples, Integral) or n_samples < 1:
-            msg = f"n_samples must be an integer >= 1, got {n_samples!r}."
-            raise ValueError(msg)
+        n_samples = check_integer("n_samples", n_samples, 1)
         if library_size is not None and not library_size > 0:
             msg = f"library_size must be positive, got {library_size!r}."
             raise ValueError(msg)

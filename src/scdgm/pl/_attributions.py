@@ -122,13 +122,14 @@ def attributions(
     values = np.nan_to_num(np.asarray(adata.varm[keys.varm], dtype=np.float64))
     if group is not None:
         group_means = dict(entry.get("group_means", {}))
-        if not group_means:
+        if "groups" not in group_means:
             msg = f"{key!r} has no group means; run `dgm.tl.integrated_gradients(adata, groupby=...)` first."
             raise KeyError(msg)
-        if str(group) not in group_means:
-            msg = f"group {group!r} is not one of {sorted(group_means)}."
+        groups = [str(g) for g in np.asarray(group_means["groups"]).tolist()]
+        if str(group) not in groups:
+            msg = f"group {group!r} is not one of {groups}."
             raise KeyError(msg)
-        values = np.nan_to_num(np.asarray(group_means[str(group)], dtype=np.float64))
+        values = np.nan_to_num(np.asarray(group_means["values"][groups.index(str(group))], dtype=np.float64))
     magnitude = np.nan_to_num(np.asarray(adata.varm.get(keys.varm_abs, np.abs(values)), dtype=np.float64))
     values, magnitude = values[:, chosen], magnitude[:, chosen]
     genes = _top_genes(values, magnitude if group is None else np.abs(values), n_top, rank_by)

@@ -55,7 +55,8 @@ def latent(
 
     The 2-D view is computed with scanpy from ``.obsm["X_<key>"]`` and cached in
     ``.obsm["X_<key>_<method>"]``; it is recomputed only when the latent space (or the view's settings)
-    changed since, which a fingerprint in ``.uns["<key>"]["views"]`` records.
+    changed since, which a fingerprint in ``.uns["<key>"]["views"]`` records. An ``.obsm["X_<key>_<method>"]``
+    without that record (made by something else) is refused rather than overwritten.
 
     Parameters
     ----------
@@ -79,12 +80,23 @@ def latent(
     return_fig
         Return the Figure instead of the Axes.
     **kwargs
-        Passed on to :func:`scanpy.pl.embedding` (``palette``, ``legend_loc``, ``frameon``, ...).
+        Passed on to :func:`scanpy.pl.embedding` (``palette``, ``legend_loc``, ``frameon``, ...), except
+        ``basis``, which ``key`` and ``method`` choose.
 
     Returns
     -------
     The Axes (or list of Axes), the Figure with ``return_fig=True``, or ``None`` when shown. Writes
     ``.obsm["X_<key>_<method>"]`` and ``.uns["<key>"]["views"]["<method>"]`` when it computes a view.
+
+    Raises
+    ------
+    KeyError
+        When ``.obsm["X_<key>"]`` is missing.
+    ValueError
+        When ``method`` is unknown, ``ax`` is given with several colours, or ``.obsm["X_<key>_<method>"]``
+        exists but was not written by ``pl.latent`` (it is never overwritten then).
+    TypeError
+        When ``basis`` is passed.
 
     Examples
     --------
@@ -106,6 +118,12 @@ def latent(
     if ax is not None and isinstance(color, list) and len(color) > 1:
         msg = "ax= takes one panel: pass a single color, or leave ax=None for one panel per color."
         raise ValueError(msg)
+    if "basis" in kwargs:
+        msg = (
+            f"pl.latent takes no basis= (got basis={kwargs['basis']!r}): the basis is chosen by key= and method= "
+            "(.obsm['X_<key>_<method>']). To plot any other basis, use `sc.pl.embedding(adata, basis=...)`."
+        )
+        raise TypeError(msg)
     latent_values = np.asarray(adata.obsm[keys.obsm])
     if method == "none":
         basis = keys.obsm
@@ -114,6 +132,14 @@ def latent(
         fingerprint = _fingerprint(latent_values, method, n_neighbors, seed)
         views = adata.uns.get(keys.uns, {}).get("views", {}) if isinstance(adata.uns.get(keys.uns), dict) else {}
         cached = views.get(method, {}).get("fingerprint") if isinstance(views.get(method), dict) else None
+        if basis in adata.obsm and cached is None:
+            msg = (
+                f".obsm[{basis!r}] already exists but was not computed by dgm.pl.latent (no record in "
+                f".uns[{keys.uns!r}]['views'][{method!r}]; retraining the model under the same key also drops "
+                f"that record), so it is not overwritten. Delete it (`del adata.obsm[{basis!r}]`) or rename it, "
+                f"then call pl.latent again; to plot it as it is, use `sc.pl.embedding(adata, basis={basis!r})`."
+            )
+            raise ValueError(msg)
         if basis not in adata.obsm or cached != fingerprint:
             logger.info(f"computing the {method} view of .obsm[{keys.obsm!r}]")
             adata.obsm[basis] = _project(latent_values, method, n_neighbors=n_neighbors, seed=seed).astype(np.float32)

@@ -1,119 +1,281 @@
-"""Shared steps of the ``tl`` functions: argument checks and bringing a stored model back to data."""
+"""Shared steps of the ``tl`` functions: the start of every call, and applying a stored model to an AnnData.
+
+A tool that uses a trained model reads its record once, rebuilds the module once and aligns the
+AnnData's features to the model's by name once, all through :func:`apply_stored_model`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from anndata import AnnData
 
-from .._models import rebuild_module, stored_model
+from .._checks import check_choice, check_fraction, check_int, check_number, check_positive
+from .._models import ModelRecord, read_record
+from .._settings import logger, settings
 
 if TYPE_CHECKING:
     import torch
 
     from ..data import PreparedData
 
+__all__ = [
+    "AppliedModel",
+    "apply_stored_model",
+    "check_choice",
+    "check_copy",
+    "check_fraction",
+    "check_int",
+    "check_number",
+    "check_positive",
+    "check_same_features",
+    "check_uns_free",
+    "resolve_device_seed",
+    "top_genes_entry",
+]
 
-def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
-    """Raise a ValueError naming the allowed values when ``value`` is not one of them."""
-    allowed = list(allowed)
-    if value not in allowed:
-        msg = f"{name}={value!r} is not supported. Choose one of {allowed}."
+
+def resolve_device_seed(device: str | None, seed: int | None) -> tuple[str, int]:
+    """``device`` and ``seed`` of a tool call, ``None`` meaning ``dgm.settings``'s."""
+    return settings.resolve_device(device), settings.resolve_seed(seed)
+
+
+def check_copy(adata: AnnData, copy: Any) -> None:
+    """Refuse ``copy=True`` on a backed AnnData before any work (anndata cannot copy it in memory)."""
+    from .._checks import check_bool
+
+    if check_bool("copy", copy) and adata.isbacked:
+        msg = (
+            "copy=True cannot copy a backed AnnData in memory. Load it first (`adata = adata.to_memory()`), "
+            "or pass copy=False to write the results into the backed object."
+        )
         raise ValueError(msg)
 
 
-def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> None:
-    """Raise a ValueError unless ``value`` is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        msg = f"{name} must be an integer >= {minimum}, not {value!r}."
-        raise ValueError(msg)
+def check_uns_free(adata: AnnData, key: str, *, tool: str, argument: str = "key_added") -> None:
+    """Refuse to replace an ``.uns[key]`` that holds a model another tool trained.
+
+    Tools that apply a model write their own entries; letting them overwrite the record they read
+    (``denoise(key_added="vae")``) would delete the model and its history.
+    """
+    entry = adata.uns.get(key)
+    if not isinstance(entry, Mapping) or "model" not in entry:
+        return
+    owner = dict(entry.get("params", {})).get("tool")
+    if owner == tool:
+        return
+    msg = (
+        f"{argument}={key!r} would replace .uns[{key!r}], which holds a trained model"
+        + (f" (from dgm.tl.{owner})" if owner else "")
+        + f". Pass another {argument}."
+    )
+    raise ValueError(msg)
 
 
-def check_fraction(name: str, value: float, *, upper_inclusive: bool = False) -> None:
-    """Raise a ValueError unless ``0 <= value < 1`` (or ``<= 1``)."""
-    ok = 0 <= value <= 1 if upper_inclusive else 0 <= value < 1
-    if not ok:
-        bound = "1]" if upper_inclusive else "1)"
-        msg = f"{name} must lie in [0, {bound}, not {value!r}."
-        raise ValueError(msg)
+def top_genes_entry(values: np.ndarray, var_names: Any, targets: Any, n_top: int) -> dict[str, np.ndarray]:
+    """The ``n_top`` genes of largest and smallest value per target, in the h5ad-safe layout of ``top_genes``.
+
+    ``values`` is genes x targets (NaN for genes a model lacks: never ranked). Target names are an
+    array, not keys, so any name (``"CD4+/CD25 T Reg"``) survives ``write_h5ad``.
+    """
+    var_names = np.asarray(var_names).astype(str)
+    known = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
+    positive, negative = [], []
+    for k in range(known.shape[1]):
+        ranked = np.argsort(known[:, k], kind="stable")
+        positive.append(var_names[ranked[::-1][:n_top]])
+        negative.append(var_names[ranked[:n_top]])
+    return {
+        "targets": np.asarray([str(t) for t in targets], dtype=object),
+        "positive": np.asarray(positive, dtype=object),
+        "negative": np.asarray(negative, dtype=object),
+    }
 
 
-def encodings_of(record: dict[str, Any]) -> dict[str, Any]:
-    """Category encodings (batch, labels) a stored model was trained with."""
-    from ..data import CategoryEncoding
+def check_same_features(adata_names: Any, model_names: Any, *, source: str, key: str) -> np.ndarray | None:
+    """Positions in ``adata_names`` of each of the model's features, or ``None`` when already identical.
 
-    return {name: CategoryEncoding.from_dict(d) for name, d in dict(record.get("encodings", {})).items()}
-
-
-def check_same_features(
-    adata_names: np.ndarray, model_names: np.ndarray, *, source: str, key: str
-) -> np.ndarray | None:
-    """Column order that maps the data onto the model's features, or ``None`` when already identical.
-
-    Raises when features of the model are missing from the data.
+    Raises when the data's names repeat (matching by name would be ambiguous) or when features of
+    the model are missing from the data.
     """
     adata_names = np.asarray(adata_names).astype(str)
     model_names = np.asarray(model_names).astype(str)
     if adata_names.shape == model_names.shape and np.array_equal(adata_names, model_names):
         return None
-    position = {name: i for i, name in enumerate(adata_names)}
+    position: dict[str, int] = {}
+    for i, name in enumerate(adata_names):
+        if name in position:
+            msg = (
+                f"{source} repeats feature names (e.g. {name!r}), so they cannot be matched to the model in "
+                f".uns[{key!r}] by name. Run `adata.var_names_make_unique()` first."
+            )
+            raise ValueError(msg)
+        position[name] = i
     missing = [name for name in model_names if name not in position]
     if missing:
         msg = (
             f"The model in .uns[{key!r}] was trained on {len(model_names)} features; {len(missing)} of them "
-            f"are missing from {source} (first: {missing[:5]}). Subset or reorder the AnnData to the model's "
-            f"features, e.g. `adata = adata[:, model_var_names]`."
+            f"are missing from {source} (first: {missing[:5]}). The model needs every one of its features "
+            f"(with zeros where a gene was not measured); its feature names are in "
+            f".uns[{key!r}]['model']['var_names']."
         )
         raise ValueError(msg)
     return np.array([position[name] for name in model_names])
 
 
-def model_for(adata: AnnData, key: str, device: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The stored model of ``.uns[key]`` rebuilt on ``device``, and its record."""
-    record = stored_model(adata, key)
-    return rebuild_module(record, device=device), record
+@dataclass
+class AppliedModel:
+    """A stored model brought back to an AnnData: the module, its record and the aligned input.
+
+    Attributes
+    ----------
+    key
+        ``.uns`` key of the record.
+    record
+        The stored model record.
+    module
+        The rebuilt module, in eval mode, on ``device``.
+    data
+        The AnnData's input in the model's feature order (``None`` when not prepared).
+    feature_order
+        Positions in ``adata.var_names`` of the model's features, ``None`` when they are the same.
+    device
+        Where the module runs.
+    """
+
+    key: str
+    record: ModelRecord
+    module: torch.nn.Module
+    data: PreparedData | None
+    feature_order: np.ndarray | None
+    device: str
+
+    def to_adata_columns(self, values: np.ndarray, n_vars: int) -> np.ndarray:
+        """``(..., model features)`` values in the AnnData's feature order; features the model lacks get NaN."""
+        if self.feature_order is None:
+            return values
+        out = np.full((*values.shape[:-1], n_vars), np.nan, dtype=np.result_type(values.dtype, np.float32))
+        out[..., self.feature_order] = values
+        return out
+
+    def predict(self, fn: Any, *, rows: np.ndarray | None = None, batch_size: int | None = None) -> np.ndarray:
+        """``fn(module, batch)`` for every cell of the aligned data (see :func:`scdgm.train.predict_cells`)."""
+        from ..train import INFERENCE_BATCH_SIZE, predict_cells
+
+        return predict_cells(
+            self.module, self.data, fn, device=self.device, rows=rows, batch_size=batch_size or INFERENCE_BATCH_SIZE
+        )
+
+    def evaluate(self) -> dict[str, float]:
+        """Per-cell means of the model's loss terms on these cells at full KL weight (``elbo``: negative ELBO)."""
+        from ..data import BatchStore, MiniBatches
+        from ..train import INFERENCE_BATCH_SIZE, evaluate
+
+        store = BatchStore.from_prepared(self.data, self.device)
+        batches = MiniBatches(store, np.arange(self.data.n_obs), batch_size=INFERENCE_BATCH_SIZE, shuffle=False)
+        return evaluate(self.module, batches)
 
 
-def prepare_for_model(
+def _input_layer(adata: AnnData, record: ModelRecord, layer: str | None) -> str | None:
+    """The layer to read: the one given, else the training layer where ``adata`` has it, else ``.X``."""
+    if layer is not None:
+        return layer
+    trained_on = record.input.get("layer")
+    if trained_on is None or trained_on in adata.layers:
+        return trained_on
+    logger.info(f"    .layers[{trained_on!r}], which the model was trained on, is not in adata: reading .X instead")
+    return None
+
+
+def apply_stored_model(
     adata: AnnData,
-    record: dict[str, Any],
-    *,
     key: str,
+    *,
+    device: str,
+    source: AnnData | None = None,
     layer: str | None = None,
     batch_key: str | None = None,
-    default_input: bool = True,
-) -> PreparedData:
-    """Read ``adata`` the way the stored model expects: same input slot, features and categories.
+    prepare: bool = True,
+) -> AppliedModel:
+    """Read the model of ``(source or adata).uns[key]``, rebuild it and read ``adata`` the way it expects.
 
-    ``layer``/``batch_key`` default to what the model was trained with (``default_input``).
+    Parameters
+    ----------
+    adata
+        The cells to apply the model to.
+    key
+        ``.uns`` key of the stored model.
+    device
+        Resolved device.
+    source
+        The AnnData holding the model, when it is not ``adata`` (reference mapping).
+    layer
+        Input layer of ``adata``; default the training layer where ``adata`` has it, else ``.X``.
+        Ignored by models that read an ``.obsm`` representation.
+    batch_key
+        ``.obs`` column of batches; default the training one. Required by batch-conditional models.
+    prepare
+        Read and align the input (``False`` when the caller needs only the module and record).
+
+    Returns
+    -------
+    :class:`AppliedModel`.
     """
     from ..data import prepare_data
 
-    data_spec = dict(record.get("data", {}))
-    if default_input:
-        layer = layer if layer is not None else data_spec.get("layer")
-        use_rep = data_spec.get("use_rep")
-        batch_key = batch_key if batch_key is not None else data_spec.get("batch_key")
-    else:
-        use_rep = None
-    encodings = encodings_of(record)
-    if "batch" in encodings and batch_key is None:
+    record = read_record(adata if source is None else source, key)
+    encodings = record.category_encodings()
+    use_rep = record.input.get("use_rep")
+    if use_rep is not None and layer is not None:
+        msg = f"The model in .uns[{key!r}] reads .obsm[{use_rep!r}], not genes: layer={layer!r} does not apply."
+        raise ValueError(msg)
+    data, order = None, None
+    if prepare:
+        batch_key = batch_key if batch_key is not None else record.input.get("batch_key")
+        if "batch" in encodings and batch_key is None:
+            msg = (
+                f"The model in .uns[{key!r}] was trained with batch covariates ({encodings['batch'].key!r}); "
+                "pass batch_key= naming the .obs column that holds the batches of these cells."
+            )
+            raise ValueError(msg)
+        if use_rep is not None:
+            _check_representation(adata, record, key)
+        data = prepare_data(
+            adata,
+            layer=None if use_rep is not None else _input_layer(adata, record, layer),
+            use_rep=use_rep,
+            counts=record.counts,
+            batch_key=batch_key if "batch" in encodings else None,
+            encodings={"batch": encodings["batch"]} if "batch" in encodings else None,
+            feature_filter_advice=False,
+        )
+        order = check_same_features(data.var_names, record.var_names, source=data.source, key=key)
+        if order is not None:
+            data = data.select_features(order)
+    module = record.rebuild(device, key=key)
+    return AppliedModel(key=key, record=record, module=module, data=data, feature_order=order, device=device)
+
+
+def _check_representation(adata: AnnData, record: ModelRecord, key: str) -> None:
+    """An ``.obsm`` input must exist and have the model's width: its columns are matched by position."""
+    use_rep = str(record.input["use_rep"])
+    if use_rep not in adata.obsm:
+        hint = (
+            f" Compute it with the encoder the model was trained on, e.g. `dgm.tl.embed(adata, reference=reference, "
+            f"vae_key={record.encoder_key!r})`."
+            if record.encoder_key
+            else ""
+        )
+        msg = f"The model in .uns[{key!r}] reads .obsm[{use_rep!r}], which adata lacks.{hint}"
+        raise KeyError(msg)
+    width = np.shape(adata.obsm[use_rep])[1]
+    if width != len(record.var_names):
         msg = (
-            f"The model in .uns[{key!r}] was trained with batch covariates ({encodings['batch'].key!r}); "
-            "pass batch_key= naming the .obs column that holds the batches of these cells."
+            f"The model in .uns[{key!r}] was trained on {len(record.var_names)} columns of .obsm[{use_rep!r}], but "
+            f"this AnnData's .obsm[{use_rep!r}] has {width}: it is another space. Compute it with the model's "
+            "encoder (`dgm.tl.embed`)."
         )
         raise ValueError(msg)
-    data = prepare_data(
-        adata,
-        layer=layer,
-        use_rep=use_rep,
-        counts=bool(data_spec.get("counts", False)),
-        batch_key=batch_key if "batch" in encodings else None,
-        encodings={"batch": encodings["batch"]} if "batch" in encodings else None,
-    )
-    order = check_same_features(data.var_names, record["var_names"], source=data.source, key=key)
-    if order is not None:
-        data = data.select_features(order)
-    return data

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from anndata import AnnData
 
-from .._keys import ModelKeys
+from .._checks import check_int, check_positive
+from .._keys import ModelKeys, check_key
 from .._results import record_params, write_results
-from .._settings import settings
-from ._common import check_positive_int, model_for, prepare_for_model
+from ._common import apply_stored_model, check_copy, check_uns_free, resolve_device_seed
 
 
 def denoise(
@@ -21,8 +21,8 @@ def denoise(
     decode_batch: str | None = None,
     n_samples: int = 1,
     batch_size: int = 1024,
-    device: str = "auto",
-    seed: int = 0,
+    device: str | None = None,
+    seed: int | None = None,
     key_added: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
@@ -32,7 +32,7 @@ def denoise(
     ----------
     adata
         Cells with the genes of the model in ``.uns[vae_key]`` (the training AnnData, or another one
-        with the same genes).
+        holding every gene of the model; genes are matched by name, in any order).
     vae_key
         ``key_added`` of the :func:`scdgm.tl.vae` call whose model to use.
     layer, batch_key
@@ -49,9 +49,9 @@ def denoise(
     batch_size
         Cells per inference batch.
     device
-        Where the model runs.
+        Where the model runs; ``None`` follows ``dgm.settings.device``.
     seed
-        Seeds the latent draws when ``n_samples > 1``.
+        Seeds the latent draws when ``n_samples > 1``; ``None`` follows ``dgm.settings.seed``.
     key_added
         Layer name; default ``"<vae_key>_denoised"``.
     copy
@@ -62,7 +62,8 @@ def denoise(
     ``None``, or a new AnnData when ``copy=True``, with these fields written:
 
     ``.layers["<vae_key>_denoised"]``
-        Dense cells x genes float32 matrix of denoised expression.
+        Dense cells x genes float32 matrix of denoised expression, in the gene order of ``adata``;
+        genes the model was not trained on are NaN.
     ``.uns["<vae_key>_denoised"]["params"]``
         The arguments of this call.
 
@@ -73,40 +74,35 @@ def denoise(
     >>> dgm.tl.vae(adata, max_epochs=50)  # doctest: +SKIP
     >>> dgm.tl.denoise(adata, library_size=1e4)  # doctest: +SKIP
     """
-    from ..data import BatchStore, MiniBatches
-    from ..train import predict, seeded
-    from ._common import encodings_of
-
-    check_positive_int("n_samples", n_samples)
-    check_positive_int("batch_size", batch_size)
-    if library_size is not None and not library_size > 0:
-        msg = f"library_size must be positive or None, not {library_size!r}."
-        raise ValueError(msg)
-    seed = settings.resolve_seed(seed)
-    device = settings.resolve_device(device)
-    module, record = model_for(adata, vae_key, device)
+    check_int("n_samples", n_samples)
+    check_int("batch_size", batch_size)
+    if library_size is not None:
+        check_positive("library_size", library_size)
+    layer_key = check_key("key_added", key_added) if key_added is not None else ModelKeys(vae_key).denoised_layer
+    check_uns_free(adata, layer_key, tool="denoise")
+    check_copy(adata, copy)
+    device, seed = resolve_device_seed(device, seed)
+    applied = apply_stored_model(adata, vae_key, device=device, layer=layer, batch_key=batch_key)
     decode_code = None
     if decode_batch is not None:
-        encodings = encodings_of(record)
+        encodings = applied.record.category_encodings()
         if "batch" not in encodings:
             msg = f"decode_batch={decode_batch!r} was given, but the model in .uns[{vae_key!r}] has no batch covariate."
             raise ValueError(msg)
         decode_code = int(encodings["batch"].encode(np.asarray([decode_batch]))[0])
-    data = prepare_for_model(adata, record, key=vae_key, layer=layer, batch_key=batch_key)
 
-    store = BatchStore.from_prepared(data, device)
-    batches = MiniBatches(store, np.arange(data.n_obs), batch_size=batch_size, shuffle=False)
+    from ..train import seeded
+
     with seeded(seed, device):
-        denoised = predict(
-            module,
-            batches,
+        denoised = applied.predict(
             lambda m, b: m.expected_expression(
                 b, library_size=library_size, decode_batch=decode_code, n_samples=n_samples
             ),
+            batch_size=batch_size,
         )
-    keys = ModelKeys(vae_key)
-    layer_key = key_added or keys.denoised_layer
+    denoised = applied.to_adata_columns(denoised.astype(np.float32), adata.n_vars)
     params = record_params(
+        "denoise",
         vae_key=vae_key,
         layer=layer,
         batch_key=batch_key,
@@ -116,5 +112,5 @@ def denoise(
         seed=seed,
     )
     adata = adata.copy() if copy else adata
-    write_results(adata, layers={layer_key: denoised.astype(np.float32)}, uns={layer_key: {"params": params}})
+    write_results(adata, layers={layer_key: denoised}, uns={layer_key: {"params": params}})
     return adata if copy else None

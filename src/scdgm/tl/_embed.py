@@ -5,10 +5,9 @@ from __future__ import annotations
 from anndata import AnnData
 
 from .._keys import ModelKeys
-from .._models import stored_model
 from .._results import record_params, write_results
-from .._settings import settings
-from ._common import prepare_for_model
+from .._settings import logger
+from ._common import apply_stored_model, check_copy, check_uns_free, resolve_device_seed
 
 
 def embed(
@@ -18,7 +17,7 @@ def embed(
     vae_key: str = "vae",
     layer: str | None = None,
     batch_key: str | None = None,
-    device: str = "auto",
+    device: str | None = None,
     key_added: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
@@ -26,7 +25,9 @@ def embed(
 
     The model is applied as trained (no fine-tuning): genes are matched by name and reordered,
     batches must be among the reference's batch categories. The model is copied into ``adata`` so that
-    :func:`scdgm.tl.denoise` and :func:`scdgm.get_model` work on the query too.
+    :func:`scdgm.tl.denoise` and :func:`scdgm.get_model` work on the query too. A trained model
+    already in ``adata`` is never replaced: where ``.uns[key_added]`` holds one (as when ``adata`` is
+    the reference itself), the default ``key_added`` becomes ``"<vae_key>_embed"``.
 
     Parameters
     ----------
@@ -37,12 +38,14 @@ def embed(
     vae_key
         ``key_added`` of the :func:`scdgm.tl.vae` call on the reference.
     layer, batch_key
-        Input layer and batch column of the query; default: those the model was trained with.
+        Input layer and batch column of the query; default: those the model was trained with (the
+        query's ``.X`` when it lacks the training layer).
     device
-        Where the model runs.
+        Where the model runs; ``None`` follows ``dgm.settings.device``.
     key_added
         Stem of the output keys in the query; default ``vae_key``, so that the query's latent space
-        sits under the same name as the reference's.
+        sits under the same name as the reference's (``"<vae_key>_embed"`` where that would replace a
+        trained model).
     copy
         Return a new AnnData instead of writing into ``adata``.
 
@@ -65,18 +68,21 @@ def embed(
     >>> dgm.tl.vae(ref, max_epochs=20)  # doctest: +SKIP
     >>> dgm.tl.embed(query, reference=ref)  # doctest: +SKIP
     """
-    from ..data import BatchStore
-    from ._common import model_for
-    from ._vae import latent_means
+    stem = key_added
+    if stem is None:
+        stem = vae_key
+        if _holds_other_model(adata, stem):
+            stem = f"{vae_key}_embed"
+            logger.info(f"    .uns[{vae_key!r}] holds a trained model: writing the embedding under {stem!r}")
+    keys = ModelKeys(stem)
+    check_uns_free(adata, keys.uns, tool="embed")
+    check_copy(adata, copy)
+    device, _ = resolve_device_seed(device, None)
+    applied = apply_stored_model(adata, vae_key, device=device, source=reference, layer=layer, batch_key=batch_key)
+    latent = applied.predict(lambda m, b: m.latent_mean(b))
 
-    device = settings.resolve_device(device)
-    record = stored_model(reference, vae_key)
-    module, _ = model_for(reference, vae_key, device)
-    data = prepare_for_model(adata, record, key=vae_key, layer=layer, batch_key=batch_key)
-    latent = latent_means(module, BatchStore.from_prepared(data, device))
-
-    keys = ModelKeys(key_added or vae_key)
     params = record_params(
+        "embed",
         vae_key=vae_key,
         layer=layer,
         batch_key=batch_key,
@@ -84,5 +90,10 @@ def embed(
         reference_params=dict(reference.uns[vae_key].get("params", {})),
     )
     adata = adata.copy() if copy else adata
-    write_results(adata, obsm={keys.obsm: latent}, uns={keys.uns: {"params": params, "model": record}})
+    write_results(adata, obsm={keys.obsm: latent}, uns={keys.uns: {"params": params, "model": applied.record.to_uns()}})
     return adata if copy else None
+
+
+def _holds_other_model(adata: AnnData, key: str) -> bool:
+    entry = adata.uns.get(key)
+    return isinstance(entry, dict) and "model" in entry and dict(entry.get("params", {})).get("tool") != "embed"

@@ -12,12 +12,21 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._keys import AttributionKeys, ModelKeys
-from .._models import rebuild_module, stored_model
+from .._keys import AttributionKeys
+from .._models import ModelRecord, read_record
 from .._results import record_params, write_results
 from .._settings import logger, settings
 from .._warnings import ScdgmWarning
-from ._common import check_choice, check_positive_int, check_same_features, prepare_for_model
+from ._common import (
+    apply_stored_model,
+    check_choice,
+    check_copy,
+    check_int,
+    check_same_features,
+    check_uns_free,
+    resolve_device_seed,
+    top_genes_entry,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +77,7 @@ class TargetRequest:
 
     adata: AnnData
     key: str
-    record: dict[str, Any]
+    record: ModelRecord | None
     device: str
     input_space: str
     output: str
@@ -103,17 +112,21 @@ def _log1p(x: torch.Tensor) -> torch.Tensor:
     return torch.log1p(x)
 
 
-def _vae_encoder_target(request: TargetRequest, key: str, record: dict[str, Any]) -> AttributionTarget:
+def _vae_encoder_target(request: TargetRequest, key: str) -> AttributionTarget:
     """The VAE of ``.uns[key]``: latent means, rotated like the loadings when ``.uns[key]`` holds a rotation."""
     import torch
 
     from ..modules._attribution import vae_encoder
 
-    module = rebuild_module(record, device=request.device)
+    applied = apply_stored_model(
+        request.adata, key, device=request.device, layer=request.layer, batch_key=request.batch_key
+    )
+    module = applied.module
     model = vae_encoder(module, input_space=request.input_space)
     n_latent = int(module.n_latent)
     names = [f"latent_{k}" for k in range(n_latent)]
-    rotation = request.adata.uns[key].get("rotation") if isinstance(request.adata.uns[key], dict) else None
+    entry = request.adata.uns[key]
+    rotation = entry.get("rotation") if isinstance(entry, dict) else None
     if rotation is not None:
         # tl.ldvae_loadings reports rotated factors; attribute those, so columns match its loadings.
         matrix = torch.as_tensor(np.asarray(rotation), dtype=torch.float32, device=request.device)
@@ -121,10 +134,9 @@ def _vae_encoder_target(request: TargetRequest, key: str, record: dict[str, Any]
         model = model.then(head) if hasattr(model, "then") else _compose(model, head)
         names = [f"factor_{k}" for k in range(matrix.shape[1])]
     counts = module.likelihood in ("nb", "zinb", "poisson")
-    data = prepare_for_model(request.adata, record, key=key, layer=request.layer, batch_key=request.batch_key)
     to_path = _log1p if counts and request.input_space == "encoder" else _identity
     n_hidden = int(module.init_kwargs["n_hidden"])
-    return AttributionTarget(model, names, data, to_path, n_hidden, f"VAEModule in .uns[{key!r}]")
+    return AttributionTarget(model, names, applied.data, to_path, n_hidden, f"VAEModule in .uns[{key!r}]")
 
 
 def _compose(model: Callable, head: Callable) -> Callable:
@@ -133,18 +145,7 @@ def _compose(model: Callable, head: Callable) -> Callable:
 
 @register_target("VAEModule")
 def _vae_target(request: TargetRequest) -> AttributionTarget:
-    return _vae_encoder_target(request, request.key, request.record)
-
-
-def _representation_owner(adata: AnnData, use_rep: str) -> str | None:
-    """The ``.uns`` key of the stored encoder that wrote ``.obsm[use_rep]`` (``"X_vae"`` -> ``"vae"``)."""
-    if not use_rep.startswith("X_"):
-        return None
-    stem = use_rep[2:]
-    entry = adata.uns.get(stem)
-    if isinstance(entry, dict) and "model" in entry and ModelKeys(stem).obsm == use_rep:
-        return stem
-    return None
+    return _vae_encoder_target(request, request.key)
 
 
 @register_target("BayesianClassifierModule")
@@ -154,22 +155,34 @@ def _bayes_target(request: TargetRequest) -> AttributionTarget:
     from ..train import seeded
 
     record, adata = request.record, request.adata
-    module = rebuild_module(record, device=request.device)
+    use_rep = record.input.get("use_rep")
+    if use_rep is not None and record.encoder_key is None:
+        msg = (
+            f"The classifier in .uns[{request.key!r}] reads .obsm[{use_rep!r}], but no stored encoder wrote it; "
+            "attributions to genes need that encoder (train the classifier on the latent space of `dgm.tl.vae`)."
+        )
+        raise ValueError(msg)
+    applied = apply_stored_model(
+        adata,
+        request.key,
+        device=request.device,
+        layer=request.layer,
+        batch_key=request.batch_key,
+        prepare=use_rep is None,
+    )
+    module = applied.module
     with seeded(request.seed, request.device):
         weights = {k: v.detach() for k, v in module.draw_weights(request.n_samples).items()}
     n_draws = int(weights["weight_0"].shape[0])
-    names = [str(c) for c in _classes_of(adata, request.key, record)]
+    names = (
+        [str(c) for c in record.classes]
+        if record.classes is not None
+        else [f"class_{k}" for k in range(int(record.init_kwargs["n_classes"]))]
+    )
     hidden = int(module.init_kwargs["n_hidden"]) if module.n_layers > 0 else len(names)
-    use_rep = _classifier_use_rep(adata, request.key, record)
     if use_rep is not None:
-        owner = _representation_owner(adata, use_rep)
-        if owner is None:
-            msg = (
-                f"The classifier in .uns[{request.key!r}] reads .obsm[{use_rep!r}], but no stored encoder wrote it "
-                f"(expected a model in .uns[{use_rep[2:]!r}]); attributions to genes need that encoder."
-            )
-            raise ValueError(msg)
-        encoder = _vae_encoder_target(request, owner, stored_model(adata, owner))
+        owner = record.encoder_key
+        encoder = _vae_encoder_target(request, owner)
         if encoder.names[0].startswith("factor_"):
             msg = f".obsm[{use_rep!r}] is a rotated representation; attributing through a rotation is not supported."
             raise ValueError(msg)
@@ -184,38 +197,16 @@ def _bayes_target(request: TargetRequest) -> AttributionTarget:
             f"BayesianClassifierModule in .uns[{request.key!r}] on .obsm[{use_rep!r}] of the encoder in .uns[{owner!r}]",
             extra={"encoder_key": owner, "n_samples": n_draws},
         )
-    if request.input_space == "data":
-        # the classifier's own input is the data space: nothing in front of it
-        pass
     model = classifier_on_inputs(module, weights, output=request.output)
-    data = prepare_for_model(adata, record, key=request.key, layer=request.layer, batch_key=request.batch_key)
     return AttributionTarget(
         model,
         names,
-        data,
+        applied.data,
         _identity,
         n_draws * hidden,
         f"BayesianClassifierModule in .uns[{request.key!r}]",
         extra={"n_samples": n_draws},
     )
-
-
-def _classes_of(adata: AnnData, key: str, record: dict[str, Any]) -> list[Any]:
-    entry = adata.uns[key]
-    for source in (entry, record, dict(record.get("encodings", {})).get("labels", {})):
-        if isinstance(source, dict) and "classes" in source:
-            return list(np.asarray(source["classes"]))
-        if isinstance(source, dict) and "categories" in source:
-            return list(np.asarray(source["categories"]))
-    n = int(dict(record["init_kwargs"])["n_classes"])
-    return [f"class_{k}" for k in range(n)]
-
-
-def _classifier_use_rep(adata: AnnData, key: str, record: dict[str, Any]) -> str | None:
-    for source in (dict(record.get("data", {})), dict(adata.uns[key].get("params", {}))):
-        if source.get("use_rep") is not None:
-            return str(source["use_rep"])
-    return None
 
 
 def _scvi_target(adata: AnnData, scvi_model: Any, request: TargetRequest) -> AttributionTarget:
@@ -263,7 +254,7 @@ def _scvi_target(adata: AnnData, scvi_model: Any, request: TargetRequest) -> Att
 
 
 def _build_target(request: TargetRequest) -> AttributionTarget:
-    name = str(request.record["class_name"])
+    name = request.record.class_name
     if name not in TARGET_BUILDERS:
         msg = (
             f"Integrated gradients does not know models of class {name!r} (in .uns[{request.key!r}]); "
@@ -369,8 +360,8 @@ def integrated_gradients(
     n_samples: int = 50,
     max_cells: int | None = None,
     memory_budget_bytes: int = 2**30,
-    device: str = "auto",
-    seed: int = 0,
+    device: str | None = None,
+    seed: int | None = None,
     key_added: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
@@ -468,11 +459,13 @@ def integrated_gradients(
     ``.layers["<key>_<target>"]``
         Only with ``store_per_cell``: cells x genes attributions of each target.
     ``.uns["<key>"]``
-        ``params``; ``targets`` (names, the columns of the ``.varm`` entries); ``top_genes`` (per
-        target, the ``n_top`` genes with the most ``positive`` and most ``negative`` mean attribution);
+        ``params``; ``targets`` (names, the columns of the ``.varm`` entries); ``top_genes``
+        (``targets``; ``positive`` / ``negative``: targets x ``n_top`` genes with the most positive
+        and most negative mean attribution; read them with :func:`scdgm.get.top_genes`);
         ``output_change`` (mean of :math:`F_t(x) - F_t(b)` per target); ``delta_summary`` (median,
         90th percentile and maximum of the completeness error); ``source``; with ``groupby``:
-        ``group_means`` (per group, genes x targets) and ``group_sizes``.
+        ``group_means`` (``groups``: the group names; ``sizes``: cells per group; ``values``: groups x
+        genes x targets mean attributions; read them with :func:`scdgm.get.attributions`) and ``groupby``.
 
     Examples
     --------
@@ -480,7 +473,7 @@ def integrated_gradients(
     >>> adata = dgm.datasets.simulate(500, 100, seed=0)
     >>> dgm.tl.vae(adata, n_latent=5, max_epochs=20)  # doctest: +SKIP
     >>> dgm.tl.integrated_gradients(adata, model_key="vae", groupby="cell_type")  # doctest: +SKIP
-    >>> adata.uns["ig_vae"]["top_genes"]["latent_0"]["positive"][:5]  # doctest: +SKIP
+    >>> dgm.get.top_genes(adata, "ig_vae", target="latent_0")  # doctest: +SKIP
     >>> dgm.pl.attributions(adata, key="ig_vae")  # doctest: +SKIP
     """
     import torch
@@ -490,27 +483,26 @@ def integrated_gradients(
     from ..modules._attribution import integrated_gradients as attribute_chunk
 
     # ---- validate everything that needs no model
-    check_positive_int("n_steps", n_steps)
+    check_int("n_steps", n_steps)
     check_choice("method", method, METHODS)
     path_rule(method, n_steps)  # riemann_trapezoid needs two points
     check_choice("input_space", input_space, INPUT_SPACES)
     check_choice("output", output, OUTPUTS)
-    check_positive_int("n_top", n_top)
-    check_positive_int("n_samples", n_samples)
-    check_positive_int("memory_budget_bytes", memory_budget_bytes)
+    check_int("n_top", n_top)
+    check_int("n_samples", n_samples)
+    check_int("memory_budget_bytes", memory_budget_bytes)
     if max_cells is not None:
-        check_positive_int("max_cells", max_cells)
+        check_int("max_cells", max_cells)
     if groupby is not None and groupby not in adata.obs:
         msg = f"groupby={groupby!r} is not a column of .obs (columns: {list(adata.obs.columns)})."
         raise KeyError(msg)
-    seed = settings.resolve_seed(seed)
-    device = settings.resolve_device(device)
+    device, seed = resolve_device_seed(device, seed)
 
     # ---- model -> target
     request = TargetRequest(
         adata=adata,
         key=model_key,
-        record={},
+        record=None,
         device=device,
         input_space=input_space,
         output=output,
@@ -519,13 +511,17 @@ def integrated_gradients(
         layer=layer,
         batch_key=batch_key,
     )
+    stem = key_added or (
+        ("ig_scvi" if model_key == "vae" else f"ig_{model_key}") if scvi_model is not None else f"ig_{model_key}"
+    )
+    keys = AttributionKeys(stem)
+    check_uns_free(adata, keys.uns, tool="integrated_gradients")
+    check_copy(adata, copy)
     if scvi_model is not None:
         spec = _scvi_target(adata, scvi_model, request)
-        stem = key_added or ("ig_scvi" if model_key == "vae" else f"ig_{model_key}")
     else:
-        request.record = stored_model(adata, model_key)
+        request.record = read_record(adata, model_key)
         spec = _build_target(request)
-        stem = key_added or f"ig_{model_key}"
     chosen = _select_targets(target, spec.names, model_key if scvi_model is None else "scvi_model")
     names = [spec.names[t] for t in chosen]
     data = spec.data
@@ -629,20 +625,11 @@ def integrated_gradients(
             stacklevel=2,
         )
 
-    var_names = np.asarray(adata.var_names).astype(str)
     mean_adata = _rows_for_adata(mean.T, order, adata.n_vars).T
     abs_adata = _rows_for_adata(mean_abs.T, order, adata.n_vars).T
-    known = np.nan_to_num(mean_adata, nan=0.0)
-    top_genes = {}
-    for k, name in enumerate(names):
-        ranked = np.argsort(known[:, k], kind="stable")
-        top_genes[name] = {
-            "positive": var_names[ranked[::-1][:n_top]],
-            "negative": var_names[ranked[:n_top]],
-        }
-    keys = AttributionKeys(stem)
     uns_entry: dict[str, Any] = {
         "params": record_params(
+            "integrated_gradients",
             model_key=None if scvi_model is not None else model_key,
             scvi_model=type(scvi_model).__name__ if scvi_model is not None else None,
             target=names,
@@ -665,7 +652,7 @@ def integrated_gradients(
             seed=seed,
         ),
         "targets": np.asarray(names, dtype=object),
-        "top_genes": top_genes,
+        "top_genes": top_genes_entry(mean_adata, adata.var_names, names, n_top),
         "output_change": (change / n_cells).cpu().numpy(),
         "delta_summary": delta_summary,
         "source": spec.description,
@@ -673,12 +660,12 @@ def integrated_gradients(
     if group_sum is not None:
         counts = group_count.cpu().numpy()
         means = (group_sum / group_count.clamp_min(1).view(-1, 1, 1)).cpu().numpy().astype(np.float32)
+        kept = np.flatnonzero(counts > 0)
         uns_entry["group_means"] = {
-            group: _rows_for_adata(means[i], order, adata.n_vars).T
-            for i, group in enumerate(group_names)
-            if counts[i] > 0
+            "groups": np.asarray([group_names[i] for i in kept], dtype=object),
+            "sizes": counts[kept].astype(np.int64),
+            "values": np.stack([_rows_for_adata(means[i], order, adata.n_vars).T for i in kept]).astype(np.float32),
         }
-        uns_entry["group_sizes"] = {group: int(counts[i]) for i, group in enumerate(group_names)}
         uns_entry["groupby"] = groupby
     layer_entries = {}
     if layers is not None:

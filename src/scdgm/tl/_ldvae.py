@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Literal
 
 import numpy as np
 from anndata import AnnData
 
+from .._checks import check_choice, check_int
 from .._keys import LoadingsKeys
-from .._models import stored_model
 from .._results import record_params, write_results
-from .._settings import settings
-from ._common import check_choice, check_positive_int, model_for, prepare_for_model
+from ._common import apply_stored_model, check_copy, check_uns_free, resolve_device_seed, top_genes_entry
 from ._rotation import orient_and_order, varimax
 
 ROTATIONS = ("varimax", "none")
@@ -20,33 +18,6 @@ ROTATIONS = ("varimax", "none")
 # matched |r| to the true programs at no cost in held-out ELBO (benchmarks/ldvae_programs.py); 0.003 to
 # 0.03 gave about the same.
 DEFAULT_LOADINGS_L1 = 0.01
-
-
-def _top_genes(loadings: np.ndarray, var_names: np.ndarray, n_top: int) -> dict[str, dict[str, np.ndarray]]:
-    top = {}
-    for k in range(loadings.shape[1]):
-        order = np.argsort(loadings[:, k], kind="stable")
-        top[f"factor_{k}"] = {
-            "positive": var_names[order[::-1][:n_top]].astype(str),
-            "negative": var_names[order[:n_top]].astype(str),
-        }
-    return top
-
-
-def _rows_for_adata(loadings: np.ndarray, model_genes: Any, adata_genes: Any) -> np.ndarray:
-    """Loadings rows in the gene order of the AnnData; genes the model never saw get NaN."""
-    position = {g: i for i, g in enumerate(np.asarray(model_genes).astype(str))}
-    rows = np.array([position.get(g, -1) for g in np.asarray(adata_genes).astype(str)])
-    out = np.full((len(rows), loadings.shape[1]), np.nan)
-    out[rows >= 0] = loadings[rows[rows >= 0]]
-    return out
-
-
-def _vae_defaults() -> dict[str, Any]:
-    from ._vae import vae
-
-    skip = {"adata", "key_added", "copy", "device", "seed"}
-    return {name: p.default for name, p in inspect.signature(vae).parameters.items() if name not in skip}
 
 
 def _from_scvi(adata: AnnData, scvi_model: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +36,8 @@ def ldvae_loadings(
     scvi_model: Any = None,
     rotation: Literal["varimax", "none"] = "varimax",
     n_top: int = 20,
-    device: str = "auto",
-    seed: int = 0,
+    device: str | None = None,
+    seed: int | None = None,
     key_added: str = "ldvae",
     copy: bool = False,
     **vae_kwargs: Any,
@@ -106,9 +77,9 @@ def ldvae_loadings(
     n_top
         Genes listed per factor and direction in ``.uns``.
     device
-        Where the model runs.
+        Where the model runs; ``None`` follows ``dgm.settings.device``.
     seed
-        Seed of the training when a model is trained here.
+        Seed of the training when a model is trained here; ``None`` follows ``dgm.settings.seed``.
     key_added
         Stem of the output keys.
     copy
@@ -132,8 +103,9 @@ def ldvae_loadings(
         Posterior means as the encoder gives them.
     ``.uns["<key_added>"]``
         ``params``; ``rotation`` (the factors x factors matrix taking unrotated to reported factors);
-        ``top_genes`` (per factor, the ``n_top`` genes with the most positive and most negative
-        loadings); and, when a model is trained here, everything :func:`scdgm.tl.vae` records
+        ``top_genes`` (``targets``: the factor names; ``positive`` / ``negative``: factors x ``n_top``
+        genes with the most positive and most negative loadings, read them with
+        :func:`scdgm.get.top_genes`); and, when a model is trained here, everything :func:`scdgm.tl.vae` records
         (``history``, ``metrics``, ``model``, ``split``).
 
     Examples
@@ -143,33 +115,37 @@ def ldvae_loadings(
     >>> dgm.tl.ldvae_loadings(adata, n_latent=10, max_epochs=100)  # doctest: +SKIP
     >>> dgm.pl.loadings(adata, n_top=8)  # doctest: +SKIP
     """
-    from ..data import BatchStore
-    from ._vae import latent_means, run_vae
+    from ._vae import VAEOptions, train_vae
 
     check_choice("rotation", rotation, ROTATIONS)
-    check_positive_int("n_top", n_top)
+    check_int("n_top", n_top)
+    keys = LoadingsKeys(key_added)
+    check_copy(adata, copy)
     if sum(x is not None for x in (vae_key, scvi_model)) > 1:
         msg = "Pass at most one of vae_key= and scvi_model=."
         raise ValueError(msg)
     if (vae_key is not None or scvi_model is not None) and vae_kwargs:
         msg = f"Training arguments {sorted(vae_kwargs)} only apply when a model is trained here (no vae_key / scvi_model)."
         raise ValueError(msg)
-    defaults = _vae_defaults()
-    unknown = sorted(set(vae_kwargs) - set(defaults))
+    known_options = set(VAEOptions.__dataclass_fields__)
+    unknown = sorted(set(vae_kwargs) - known_options)
     if unknown:
-        msg = f"Unknown arguments {unknown}; ldvae_loadings passes on arguments of dgm.tl.vae: {sorted(defaults)}."
+        msg = f"Unknown arguments {unknown}; ldvae_loadings passes on arguments of dgm.tl.vae: {sorted(known_options)}."
         raise TypeError(msg)
-    if vae_kwargs.get("decoder", "linear") != "linear":
+    if "decoder" in vae_kwargs and vae_kwargs["decoder"] != "linear":
         msg = "ldvae_loadings trains a linear decoder; leave out decoder= (or use dgm.tl.vae for an MLP decoder)."
         raise ValueError(msg)
+    vae_kwargs.pop("decoder", None)
 
     uns_entry: dict[str, Any] = {}
     if scvi_model is not None:
         loadings, latent = _from_scvi(adata, scvi_model)
         source = {"source": f"scvi-tools {type(scvi_model).__name__}"}
     elif vae_key is not None:
-        record = stored_model(adata, vae_key)
-        decoder = str(dict(record["init_kwargs"]).get("decoder", "mlp"))
+        check_uns_free(adata, keys.uns, tool="ldvae_loadings")
+        device, _ = resolve_device_seed(device, seed)
+        applied = apply_stored_model(adata, vae_key, device=device)
+        decoder = str(applied.record.init_kwargs.get("decoder", "mlp"))
         if decoder != "linear":
             msg = (
                 f"The model in .uns[{vae_key!r}] has decoder={decoder!r}, which has no gene loadings. Train a linear "
@@ -177,19 +153,14 @@ def ldvae_loadings(
                 "without vae_key to train one here."
             )
             raise ValueError(msg)
-        device = settings.resolve_device(device)
-        module, _ = model_for(adata, vae_key, device)
-        data = prepare_for_model(adata, record, key=vae_key)
-        latent = latent_means(module, BatchStore.from_prepared(data, device))
-        loadings = _rows_for_adata(
-            module.linear_loadings().detach().cpu().numpy(), record["var_names"], adata.var_names
-        )
+        latent = applied.predict(lambda m, b: m.latent_mean(b))
+        loadings = applied.to_adata_columns(applied.module.linear_loadings().detach().cpu().numpy().T, adata.n_vars).T
         source = {"source": f"dgm.tl.vae model in .uns[{vae_key!r}]", "vae_key": vae_key}
     else:
-        settings_used = {**defaults, "loadings_l1": DEFAULT_LOADINGS_L1, **vae_kwargs}
-        run = run_vae(adata, **{**settings_used, "decoder": "linear", "device": device, "seed": seed})
+        options = VAEOptions.from_arguments({"loadings_l1": DEFAULT_LOADINGS_L1, **vae_kwargs, "decoder": "linear"})
+        run = train_vae(adata, options, device=device, seed=seed)
         latent, loadings = run.latent, run.module.linear_loadings().detach().cpu().numpy()
-        uns_entry = run.uns_entry()
+        uns_entry = run.uns_entry("ldvae_loadings")
         source = {"source": "trained by dgm.tl.ldvae_loadings", "vae_params": run.params}
 
     known = np.nan_to_num(loadings)  # genes the model never saw (NaN rows) take no part in the rotation
@@ -197,15 +168,13 @@ def ldvae_loadings(
     order, signs = orient_and_order(known @ rot)
     transform = rot[:, order] * signs
     rotated_loadings, rotated_latent = loadings @ transform, latent @ transform
-    var_names = np.asarray(adata.var_names)
+    factors = [f"factor_{k}" for k in range(transform.shape[1])]
 
-    keys = LoadingsKeys(key_added)
-    params = record_params(rotation=rotation, n_top=n_top, **source)
     uns_entry.update(
         {
-            "params": params,
+            "params": record_params("ldvae_loadings", rotation=rotation, n_top=n_top, **source),
             "rotation": transform,
-            "top_genes": _top_genes(known @ transform, var_names, n_top),
+            "top_genes": top_genes_entry(known @ transform, adata.var_names, factors, n_top),
         }
     )
     adata = adata.copy() if copy else adata

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from anndata import AnnData
 
+from .._checks import check_choice, check_fraction, check_int, check_number
 from .._keys import ModelKeys
-from .._models import serialize_module
+from .._models import ModelRecord
 from .._results import record_params, write_results
-from .._settings import logger, settings
-from ._common import check_choice, check_fraction, check_positive_int
+from .._settings import logger
+from ._common import check_copy, resolve_device_seed
 
 if TYPE_CHECKING:
     from ..data import PreparedData
@@ -22,8 +25,79 @@ LIKELIHOODS = ("nb", "zinb", "poisson", "normal", "bernoulli")
 COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
 DECODERS = ("mlp", "linear")
 DISPERSIONS = ("gene", "gene-batch")
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-INFERENCE_BATCH_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class VAEOptions:
+    """The arguments of :func:`vae` that shape the model and its training (all but where it runs and writes)."""
+
+    layer: str | None = None
+    batch_key: str | None = None
+    n_latent: int = 10
+    n_hidden: int = 128
+    n_layers: int = 1
+    kind: str = "vae"
+    likelihood: str = "nb"
+    decoder: str = "mlp"
+    dispersion: str = "gene"
+    beta: float = 1.0
+    kl_warmup_epochs: int | None = None
+    dropout: float = 0.1
+    corruption: float = 0.1
+    loadings_l1: float = 0.0
+    max_epochs: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    early_stopping: bool = True
+    patience: int = 30
+    validation_fraction: float = 0.1
+    devices: int = 1
+    precision: str = "32-true"
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> VAEOptions:
+        """The options among ``arguments`` (a tool's ``locals()``); other names are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in arguments.items() if k in names})
+
+    @property
+    def counts(self) -> bool:
+        """Whether the likelihood needs raw counts."""
+        return self.likelihood in COUNT_LIKELIHOODS
+
+    def check(self) -> None:
+        """Refuse bad arguments before any data is read."""
+        from ..train import check_training_options
+
+        check_choice("kind", self.kind, KINDS)
+        check_choice("likelihood", self.likelihood, LIKELIHOODS)
+        check_choice("decoder", self.decoder, DECODERS)
+        check_choice("dispersion", self.dispersion, DISPERSIONS)
+        for name in ("n_latent", "n_hidden", "n_layers"):
+            check_int(name, getattr(self, name))
+        check_training_options(
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            beta=self.beta,
+            patience=self.patience,
+            max_epochs=self.max_epochs,
+            kl_warmup_epochs=self.kl_warmup_epochs,
+            early_stopping=self.early_stopping,
+            precision=self.precision,
+            devices=self.devices,
+        )
+        check_fraction("validation_fraction", self.validation_fraction)
+        check_fraction("dropout", self.dropout)
+        check_fraction("corruption", self.corruption)
+        loadings_l1 = check_number("loadings_l1", self.loadings_l1, minimum=0.0)
+        if self.dispersion == "gene-batch" and self.batch_key is None:
+            msg = "dispersion='gene-batch' needs batches: pass batch_key, or use dispersion='gene'."
+            raise ValueError(msg)
+        if loadings_l1 > 0 and self.decoder != "linear":
+            msg = f'loadings_l1={loadings_l1!r} penalises the gene loadings of a linear decoder; pass decoder="linear" or leave loadings_l1 at 0.'
+            raise ValueError(msg)
 
 
 def _check_binary(data: PreparedData) -> None:
@@ -39,36 +113,6 @@ def _check_binary(data: PreparedData) -> None:
             "Binarise first, e.g. `dgm.pp.binarize(adata, threshold=0)`, or pick another likelihood."
         )
         raise ValueError(msg)
-
-
-def latent_means(module: Any, store: Any, *, batch_size: int = INFERENCE_BATCH_SIZE) -> np.ndarray:
-    """Posterior means of every cell in ``store``, in order."""
-    from ..data import MiniBatches
-    from ..train import predict
-
-    batches = MiniBatches(store, np.arange(store.n_obs), batch_size=batch_size, shuffle=False)
-    return predict(module, batches, lambda m, b: m.latent_mean(b))
-
-
-def heldout_metrics(
-    module: Any, store: Any, indices: np.ndarray, *, batch_size: int = INFERENCE_BATCH_SIZE
-) -> dict[str, float]:
-    """Per-cell means of the loss terms on ``indices`` at full KL weight (negative ELBO, reconstruction, KL)."""
-    import torch
-
-    from ..data import MiniBatches
-
-    if len(indices) == 0:
-        return {}
-    batches = MiniBatches(store, indices, batch_size=batch_size, shuffle=False)
-    module.eval()
-    sums: dict[str, float] = {}
-    with torch.inference_mode():
-        for batch in batches:
-            out = module(batch, kl_weight=1.0)
-            for name, value in out.terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value) * out.n_obs
-    return {name: value / len(indices) for name, value in sums.items() if name != "loss"}
 
 
 def vae(
@@ -95,10 +139,10 @@ def vae(
     early_stopping: bool = True,
     patience: int = 30,
     validation_fraction: float = 0.1,
-    device: str = "auto",
+    device: str | None = None,
     devices: int = 1,
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true",
-    seed: int = 0,
+    seed: int | None = None,
     key_added: str = "vae",
     copy: bool = False,
 ) -> AnnData | None:
@@ -153,17 +197,18 @@ def vae(
     validation_fraction
         Fraction of cells held out for early stopping and the held-out metrics.
     device
-        ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+        ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``; ``None``
+        follows ``dgm.settings.device``.
     devices
         Data-parallel training (DDP) on this many GPUs (``device="cuda"``) or CPU processes: each
         process takes its share of every epoch's minibatches and gradients are averaged every step,
         so with the same ``batch_size`` an epoch has ``devices`` times fewer steps. The data must be
         in memory (not backed). Results depend on ``devices``, not only on ``seed``.
     precision
-        ``"32-true"``, or mixed precision ``"bf16-mixed"`` / ``"16-mixed"`` on a GPU.
+        ``"32-true"``, or mixed precision ``"bf16-mixed"`` / ``"16-mixed"`` (``"16-mixed"`` on a CUDA GPU only).
     seed
         Seeds the split, initialisation, minibatch order and sampling; the same seed on the same
-        machine gives the same latent space.
+        machine gives the same latent space. ``None`` follows ``dgm.settings.seed``.
     key_added
         Stem of the output keys.
     copy
@@ -198,192 +243,113 @@ def vae(
     >>> dgm.tl.vae(adata, max_epochs=50)  # doctest: +SKIP
     >>> dgm.pl.latent(adata, color="cell_type")  # doctest: +SKIP
     """
-    training = {name: value for name, value in locals().items() if name not in ("adata", "key_added", "copy")}
-    run = run_vae(adata, **training)
     keys = ModelKeys(key_added)
+    check_copy(adata, copy)
+    run = train_vae(adata, VAEOptions.from_arguments(locals()), device=device, seed=seed)
     adata = adata.copy() if copy else adata
-    write_results(
-        adata,
-        obsm={keys.obsm: run.latent},
-        uns={keys.uns: run.uns_entry()},
-    )
+    write_results(adata, obsm={keys.obsm: run.latent}, uns={keys.uns: run.uns_entry("vae")})
     return adata if copy else None
 
 
 @dataclass
 class VAERun:
-    """Everything one ``tl.vae`` training produced, before anything is written."""
+    """Everything one VAE training produced, before anything is written."""
 
     latent: np.ndarray
     params: dict[str, Any]
-    history: dict[str, Any]
+    history: dict[str, np.ndarray]
     metrics: dict[str, Any]
-    model: dict[str, Any]
+    record: ModelRecord
     validation_idx: np.ndarray
     module: Any
-    data: PreparedData
 
-    def uns_entry(self) -> dict[str, Any]:
-        """The ``.uns[key]`` record of the run."""
+    def uns_entry(self, tool: str) -> dict[str, Any]:
+        """The ``.uns[key]`` entry of the run, its params marked as written by ``tool``."""
         return {
-            "params": self.params,
-            "history": {k: np.asarray(v) for k, v in self.history.items()},
+            "params": record_params(tool, **self.params),
+            "history": self.history,
             "metrics": self.metrics,
-            "model": self.model,
+            "model": self.record.to_uns(),
             "split": {"validation_indices": self.validation_idx.astype(np.int64)},
         }
 
 
-def run_vae(
-    adata: AnnData,
-    *,
-    layer: str | None,
-    batch_key: str | None,
-    n_latent: int,
-    n_hidden: int,
-    n_layers: int,
-    kind: str,
-    likelihood: str,
-    decoder: str,
-    dispersion: str,
-    beta: float,
-    kl_warmup_epochs: int | None,
-    dropout: float,
-    corruption: float,
-    max_epochs: int | None,
-    loadings_l1: float,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    early_stopping: bool,
-    patience: int,
-    validation_fraction: float,
-    device: str,
-    precision: str,
-    seed: int,
-    devices: int = 1,
-) -> VAERun:
-    """Validate the arguments of :func:`vae`, train, and collect the results without writing them."""
-    arguments = {name: value for name, value in locals().items() if name != "adata"}
-    from ..data import BatchStore, MiniBatches, prepare_data, split_indices
+def train_vae(adata: AnnData, options: VAEOptions, *, device: str | None, seed: int | None) -> VAERun:
+    """Check ``options``, read the data, train a :class:`~scdgm.modules.VAEModule` and collect the results unwritten."""
+    from ..data import prepare_data, split_indices
     from ..modules import VAEModule
-    from ..train import default_kl_warmup_epochs, default_max_epochs, fit, seeded
+    from ..train import predict_cells, seeded, train_module
 
-    check_choice("kind", kind, KINDS)
-    check_choice("likelihood", likelihood, LIKELIHOODS)
-    check_choice("decoder", decoder, DECODERS)
-    check_choice("dispersion", dispersion, DISPERSIONS)
-    check_choice("precision", precision, PRECISIONS)
-    for name, value in {
-        "n_latent": n_latent,
-        "n_hidden": n_hidden,
-        "n_layers": n_layers,
-        "batch_size": batch_size,
-    }.items():
-        check_positive_int(name, value)
-    if max_epochs is not None:
-        check_positive_int("max_epochs", max_epochs)
-    if kl_warmup_epochs is not None:
-        check_positive_int("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
-    check_positive_int("patience", patience)
-    check_positive_int("devices", devices)
-    check_fraction("validation_fraction", validation_fraction)
-    check_fraction("dropout", dropout)
-    check_fraction("corruption", corruption)
-    if dispersion == "gene-batch" and batch_key is None:
-        msg = "dispersion='gene-batch' needs batches: pass batch_key, or use dispersion='gene'."
-        raise ValueError(msg)
-    if beta < 0:
-        msg = f"beta must be >= 0, not {beta!r}."
-        raise ValueError(msg)
-    if not np.isfinite(loadings_l1) or loadings_l1 < 0:
-        msg = f"loadings_l1 must be a finite number >= 0, not {loadings_l1!r}."
-        raise ValueError(msg)
-    if loadings_l1 > 0 and decoder != "linear":
-        msg = f'loadings_l1={loadings_l1!r} penalises the gene loadings of a linear decoder; pass decoder="linear" or leave loadings_l1 at 0.'
-        raise ValueError(msg)
-    seed = settings.resolve_seed(seed)
-    device = settings.resolve_device(device)
-
-    data = prepare_data(adata, layer=layer, counts=likelihood in COUNT_LIKELIHOODS, batch_key=batch_key)
-    if likelihood == "bernoulli":
+    options.check()
+    device, seed = resolve_device_seed(device, seed)
+    data = prepare_data(adata, layer=options.layer, counts=options.counts, batch_key=options.batch_key)
+    if options.likelihood == "bernoulli":
         _check_binary(data)
-    if n_latent >= data.n_vars:
-        msg = f"n_latent={n_latent} must be smaller than the number of genes ({data.n_vars}) for a bottleneck."
+    if options.n_latent >= data.n_vars:
+        msg = f"n_latent={options.n_latent} must be smaller than the number of genes ({data.n_vars}) for a bottleneck."
         raise ValueError(msg)
 
-    logger.info(f"training {kind} with {likelihood} likelihood on {data.n_obs} cells x {data.n_vars} genes ({device})")
-    train_idx, val_idx = split_indices(data.n_obs, validation_fraction=validation_fraction, seed=seed)
-    if batch_size > len(train_idx):
-        msg = (
-            f"batch_size={batch_size} is larger than the training set ({len(train_idx)} cells after holding out "
-            f"validation_fraction={validation_fraction}). Lower batch_size."
-        )
-        raise ValueError(msg)
-    max_epochs = default_max_epochs(len(train_idx)) if max_epochs is None else max_epochs
-    check_positive_int("max_epochs", max_epochs)
-    if kl_warmup_epochs is None:
-        kl_warmup_epochs = default_kl_warmup_epochs(max_epochs) if kind == "vae" else 0
-    if kl_warmup_epochs > max_epochs:
-        msg = f"kl_warmup_epochs={kl_warmup_epochs} exceeds max_epochs={max_epochs}: the KL weight would never reach beta."
-        raise ValueError(msg)
-
-    n_batch = len(data.encodings["batch"].categories) if "batch" in data.encodings else 0
+    logger.info(
+        f"training {options.kind} with {options.likelihood} likelihood on {data.n_obs} cells x {data.n_vars} genes ({device})"
+    )
+    train_idx, val_idx = split_indices(data.n_obs, validation_fraction=options.validation_fraction, seed=seed)
+    n_batch = data.encodings["batch"].n_categories if "batch" in data.encodings else 0
     with seeded(seed, device):
         module = VAEModule(
             data.n_vars,
             n_batch=n_batch,
-            n_latent=n_latent,
-            n_hidden=n_hidden,
-            n_layers=n_layers,
-            kind=kind,
-            likelihood=likelihood,
-            decoder=decoder,
-            dropout=dropout,
-            dispersion=dispersion,
-            corruption=corruption,
-            loadings_l1=loadings_l1,
+            n_latent=options.n_latent,
+            n_hidden=options.n_hidden,
+            n_layers=options.n_layers,
+            kind=options.kind,
+            likelihood=options.likelihood,
+            decoder=options.decoder,
+            dropout=options.dropout,
+            dispersion=options.dispersion,
+            corruption=options.corruption,
+            loadings_l1=options.loadings_l1,
         )
-        store = BatchStore.from_prepared(data, device)
-        train = MiniBatches(
-            store, train_idx, batch_size=batch_size, shuffle=True, seed=seed, drop_last=len(train_idx) > batch_size
-        )
-        validation = (
-            MiniBatches(store, val_idx, batch_size=INFERENCE_BATCH_SIZE, shuffle=False) if len(val_idx) else None
-        )
-        result = fit(
-            module.to(device),
-            train,
-            validation,
-            max_epochs=max_epochs,
-            lr=lr,
-            weight_decay=weight_decay,
-            beta=beta,
-            kl_warmup_epochs=kl_warmup_epochs,
-            early_stopping=early_stopping,
-            patience=patience,
+        trained = train_module(
+            module,
+            data,
+            train_idx,
+            val_idx,
             device=device,
-            devices=devices,
-            precision=precision,
+            batch_size=options.batch_size,
+            max_epochs=options.max_epochs,
+            kl_warmup_epochs=options.kl_warmup_epochs,
+            lr=options.lr,
+            weight_decay=options.weight_decay,
+            beta=options.beta,
+            early_stopping=options.early_stopping,
+            patience=options.patience,
+            devices=options.devices,
+            precision=options.precision,
             seed=seed,
-            description=f"{kind} ({likelihood})",
+            variational=options.kind == "vae",
+            description=f"{options.kind} ({options.likelihood})",
         )
-        latent = latent_means(module, store)
-        metrics = {
-            **{f"validation_{k}": v for k, v in heldout_metrics(module, store, val_idx).items()},
-            **{f"train_{k}": v for k, v in heldout_metrics(module, store, train_idx).items()},
-            "n_train": len(train_idx),
-            "n_validation": len(val_idx),
-            **result.summary(),
-        }
-    # every argument as passed, with max_epochs, kl_warmup_epochs, device and seed as resolved
-    params = record_params(
-        **{**arguments, "max_epochs": max_epochs, "kl_warmup_epochs": kl_warmup_epochs, "device": device, "seed": seed}
-    )
-    model = serialize_module(
+        latent = predict_cells(module, data, lambda m, b: m.latent_mean(b), device=device)
+    if options.counts and trained.metrics.get("train_reconstruction", 0.0) < 0:
+        msg = (
+            "The count model reports a negative reconstruction loss, which counts cannot have: the input is "
+            "probably not raw counts. Check the layer you trained on."
+        )
+        logger.warning(msg)
+    schedule = trained.schedule
+    params = {
+        **dataclasses.asdict(options),
+        "max_epochs": schedule.max_epochs,
+        "kl_warmup_epochs": schedule.kl_warmup_epochs,
+        "device": device,
+        "seed": seed,
+    }
+    record = ModelRecord.from_module(
         module,
-        var_names=np.asarray(data.var_names).astype(str),
-        encodings={name: enc.to_dict() for name, enc in data.encodings.items()},
-        data={"layer": layer, "batch_key": batch_key, "counts": likelihood in COUNT_LIKELIHOODS},
+        var_names=data.var_names,
+        layer=options.layer,
+        batch_key=options.batch_key,
+        counts=options.counts,
+        encodings=data.encodings,
     )
-    return VAERun(latent, params, result.history, metrics, model, val_idx, module, data)
+    return VAERun(latent, params, trained.history, trained.metrics, record, val_idx, module)

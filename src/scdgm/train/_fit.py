@@ -351,7 +351,15 @@ def _train(fabric: Any, module: Any, train: Any, validation: Any, options: _Opti
     for epoch in bar:
         fmodule.train()
         t0 = time.perf_counter()
-        sums, n_cells = _run_epoch(fmodule, train, train_step)
+        try:
+            sums, n_cells = _run_epoch(fmodule, train, train_step)
+        except ValueError as error:
+            # Distributions refuse NaN parameters with a ValueError once the weights have diverged.
+            msg = (
+                f"Training diverged at epoch {epoch} ({error}). Lower lr (now {options.lr:g}) or check the "
+                "input for extreme values."
+            )
+            raise TrainingError(msg) from error
         means = epoch_means(sums, n_cells, "train")
         train_seconds += time.perf_counter() - t0
         train_cells += n_cells * fabric.world_size
@@ -398,6 +406,19 @@ def _train(fabric: Any, module: Any, train: Any, validation: Any, options: _Opti
     result.seconds = time.perf_counter() - start
     result.train_cells_per_second = train_cells / train_seconds if train_seconds > 0 else 0.0
     return result
+
+
+def evaluate(module: torch.nn.Module, batches: Iterable[dict], *, kl_weight: float = 1.0) -> dict[str, float]:
+    """Per-cell means of every loss term over ``batches``, without gradients, by the training loop's own epoch code.
+
+    At ``kl_weight=1`` (the default) ``elbo`` is the negative ELBO per cell, whatever warm-up trained the model.
+    """
+    import torch
+
+    module.eval()
+    with torch.inference_mode():
+        sums, n_cells = _run_epoch(module, batches, lambda batch: module(batch, kl_weight=kl_weight))
+    return {name: float(value) / n_cells for name, value in sums.items()} if n_cells else {}
 
 
 def predict(module: torch.nn.Module, batches: Iterable[dict], fn: Any) -> np.ndarray:
