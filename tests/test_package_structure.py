@@ -8,7 +8,7 @@ import pytest
 
 import scdgm as dgm
 
-NAMESPACES = {"pp": dgm.pp, "tl": dgm.tl, "pl": dgm.pl}
+NAMESPACES = {"pp": dgm.pp, "tl": dgm.tl, "pl": dgm.pl, "get": dgm.get}
 PUBLIC = [(ns, name, getattr(module, name)) for ns, module in NAMESPACES.items() for name in module.__all__]
 
 
@@ -34,6 +34,9 @@ def test_signature_conventions(ns, name, func):
     stochastic = {"seed"} & names
     if ns == "tl":
         assert stochastic or name in {"embed"}, f"tl.{name} should take seed="
+        # None resolves from dgm.settings, so that settings.seed / settings.device take effect
+        for setting in {"seed", "device"} & names:
+            assert inspect.signature(func).parameters[setting].default is None, f"tl.{name}: {setting}=None"
 
 
 @pytest.mark.parametrize(("ns", "name", "func"), PUBLIC, ids=[f"{ns}.{name}" for ns, name, _ in PUBLIC])

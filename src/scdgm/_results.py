@@ -56,7 +56,9 @@ def write_results(
     """Write every output of one tool call into ``adata`` and log what was added.
 
     All values are computed before this is called, so a failing tool never leaves half its results.
-    Replacing an existing key is logged as a warning, never done silently.
+    Replacing an existing key is logged as a warning, never done silently. An ``.uns`` entry that is
+    replaced keeps its ``"views"`` (the 2-D views ``pl.latent`` cached, with the fingerprint of the
+    latent space they were computed from), so ``pl.latent`` recomputes its own views after a rerun.
     """
     slots = {"obs": obs, "obsm": obsm, "varm": varm, "layers": layers, "uns": uns}
     added: list[str] = []
@@ -70,6 +72,9 @@ def write_results(
             if slot == "obs":
                 target[key] = value if isinstance(value, pd.Series | pd.Categorical) else np.asarray(value)
             elif slot == "uns":
+                old = target.get(key)
+                if isinstance(old, Mapping) and "views" in old and isinstance(value, Mapping) and "views" not in value:
+                    value = {**value, "views": old["views"]}
                 target[key] = h5ad_safe(value)
             else:
                 target[key] = value

@@ -8,6 +8,7 @@ from torch import nn
 from scdgm.modules import VAEModule
 from scdgm.modules._attribution import (
     LinearFirst,
+    accumulate,
     bytes_per_cell,
     classifier_head,
     classifier_on_inputs,
@@ -122,6 +123,70 @@ def test_vae_encoder_agrees_with_captum(method, input_space):
     for t in range(4):
         reference = _captum(forward, inputs, torch.zeros_like(inputs), t, method, n_steps, extra=(batch,)) * scale
         assert _relative(ours.attributions[:, t], reference) < 1e-4
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "normal"])
+@pytest.mark.parametrize(("n_batch", "n_layers"), [(0, 1), (2, 1), (3, 2)])
+def test_vae_encoder_in_two_parts_is_encode(likelihood, n_batch, n_layers):
+    """The public pieces the fast path is built from recompose the encoder's mean exactly."""
+    torch.manual_seed(0)
+    module = VAEModule(15, n_batch=n_batch, n_latent=3, n_hidden=8, n_layers=n_layers, likelihood=likelihood)
+    for _ in range(2):  # moves the BatchNorm running statistics away from their defaults
+        train = {"x": torch.poisson(torch.rand(16, 15) * 4), "library": torch.full((16, 1), 30.0)}
+        if n_batch:
+            train["batch"] = torch.randint(0, n_batch, (16,))
+        module(train)
+    module.eval()
+    x = torch.poisson(torch.rand(7, 15) * 4)
+    batch = torch.randint(0, n_batch, (7,)) if n_batch else None
+    with torch.no_grad():
+        z = module.encoder_input(x) @ module.encoder_first_weight().T + module.encoder_first_offset(batch)
+        torch.testing.assert_close(module.encoder_rest(z, batch), module.encode(x, batch)[0])
+    weight = module.encoder_first_weight()
+    assert any(weight is p for p in module.parameters())  # the parameter, not a copy
+    if n_batch:
+        with pytest.raises(ValueError, match="pass the batch codes"):
+            module.encoder_first_offset(None)
+        with pytest.raises(ValueError, match="pass the batch codes"):
+            module.encoder_rest(z, None)
+
+
+def test_accumulate_equals_one_call_over_all_cells():
+    """Chunked sums, group means, per-cell values and completeness errors match one call on every cell."""
+    net = _mlp(n_out=3)
+    model = _as_linear_first(net)
+    torch.manual_seed(3)
+    x, base = torch.randn(10, 12), torch.randn(1, 12) * 0.1
+    cells = torch.tensor([0, 2, 3, 5, 6, 7, 9])
+    codes = torch.tensor([0, 1, 1, -1, 0, 1, 1, 0, -1, 0])  # -1: no group
+    batches = [{"x": x[i], "index": i} for i in cells.split(3)]
+    out = accumulate(
+        model,
+        batches,
+        n_obs=10,
+        baseline=base,
+        targets=[2, 0],
+        group_codes=codes,
+        n_groups=3,
+        n_steps=16,
+        store_per_cell=True,
+    )
+    whole = integrated_gradients(model, x[cells], base, targets=[2, 0], n_steps=16)
+    a = whole.attributions.double()
+    assert out.n_cells == 7
+    np.testing.assert_allclose(out.mean, a.mean(0).numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out.mean_abs, a.abs().mean(0).numpy(), rtol=1e-5, atol=1e-7)
+    change = (whole.output - whole.baseline_output).double().mean(0).numpy()
+    np.testing.assert_allclose(out.output_change, change, rtol=1e-5, atol=1e-7)
+    assert np.isnan(out.delta[[1, 4, 8]]).all()
+    np.testing.assert_allclose(out.delta[cells.numpy()], whole.delta.numpy(), rtol=1e-4, atol=1e-7)
+    assert np.isnan(out.per_cell[:, [1, 4, 8]]).all()
+    np.testing.assert_allclose(out.per_cell[:, cells.numpy()], a.transpose(0, 1).numpy(), rtol=1e-5, atol=1e-7)
+    in_group = codes[cells].numpy()
+    np.testing.assert_array_equal(out.group_sizes, [3, 3, 0])  # cell 3 has no group, group 2 no cells
+    for g in range(2):
+        np.testing.assert_allclose(out.group_means[g], a[in_group == g].mean(0).numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(out.group_means[2], 0.0)
 
 
 def test_fast_path_equals_generic_path_with_per_cell_baselines():

@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
+from scdgm._choices import COUNT_LIKELIHOODS, LIKELIHOODS
 from scdgm.modules import MODULE_CLASSES, BaseModule, LossOutput, VAEModule
-from scdgm.modules._likelihoods import COUNT_LIKELIHOODS, LIKELIHOODS
 
 N_GENES = 100
 

@@ -40,3 +40,14 @@ def test_latent_refuses_basis(trained):
         dgm.pl.latent(trained, basis="X_umap", method="pca", show=False)
     assert "X_vae_pca" not in trained.obsm
     plt.close("all")
+
+
+def test_latent_after_retraining_under_the_same_key(simulated):
+    dgm.tl.vae(simulated, n_latent=2, n_hidden=8, max_epochs=2, batch_size=32, seed=0)
+    dgm.pl.latent(simulated, method="pca", show=False)
+    first = simulated.obsm["X_vae_pca"].copy()
+    dgm.tl.vae(simulated, n_latent=2, n_hidden=8, max_epochs=2, batch_size=32, seed=1)
+    # the view pl.latent cached is its own: it is recomputed for the new latent space, not refused
+    dgm.pl.latent(simulated, method="pca", show=False)
+    assert not np.allclose(simulated.obsm["X_vae_pca"], first)
+    plt.close("all")

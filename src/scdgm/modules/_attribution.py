@@ -14,7 +14,7 @@ summing over steps. The result is the same integral, computed with the same rule
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -300,12 +300,147 @@ def bytes_per_cell(n_features: int, n_steps: int, n_targets: int, *, n_hidden: i
     return 4 * (n_steps * per_step + (n_targets + 4) * n_features + 2 * n_targets * n_hidden)
 
 
+@dataclass
+class AccumulatedAttributions:
+    """Integrated gradients of many cells, summarised over cells and groups by :func:`accumulate`.
+
+    Attributes
+    ----------
+    n_cells
+        Cells attributed.
+    mean
+        Mean attribution over the attributed cells, ``(targets, features)``, ``float32``.
+    mean_abs
+        Mean absolute attribution, ``(targets, features)``, ``float32``.
+    output_change
+        Mean of ``F_t(x) - F_t(baseline)`` over the attributed cells, ``(targets,)``, ``float64``.
+    delta
+        Completeness error per cell (:func:`completeness_error`), ``(n_obs,)``, ``float32``; NaN for
+        cells not attributed.
+    group_means
+        Mean attribution per group, ``(groups, targets, features)``, ``float32`` (zeros for a group
+        without attributed cells); ``None`` without groups.
+    group_sizes
+        Attributed cells per group, ``(groups,)``, ``int64``; ``None`` without groups.
+    per_cell
+        Each cell's attributions, ``(targets, n_obs, features)``, ``float32``, NaN for cells not
+        attributed; ``None`` unless asked for.
+    """
+
+    n_cells: int
+    mean: np.ndarray
+    mean_abs: np.ndarray
+    output_change: np.ndarray
+    delta: np.ndarray
+    group_means: np.ndarray | None = None
+    group_sizes: np.ndarray | None = None
+    per_cell: np.ndarray | None = None
+
+
+def accumulate(
+    model: AttributionModel | LinearFirst,
+    batches: Iterable[dict[str, torch.Tensor]],
+    *,
+    n_obs: int,
+    baseline: torch.Tensor,
+    targets: Sequence[int],
+    to_path_space: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    group_codes: torch.Tensor | None = None,
+    n_groups: int = 0,
+    n_steps: int = 50,
+    method: str = "gausslegendre",
+    store_per_cell: bool = False,
+) -> AccumulatedAttributions:
+    """Integrated gradients of every cell served by ``batches``, chunk by chunk, summed as they come.
+
+    Only the sums (in ``float64``, on the baseline's device) and the per-cell completeness errors
+    are kept between chunks, so memory does not grow with the number of cells unless
+    ``store_per_cell`` asks for every attribution.
+
+    Parameters
+    ----------
+    model
+        As in :func:`integrated_gradients`.
+    batches
+        Minibatch dicts: ``"x"`` ``(cells, features)`` in the data space, ``"index"`` the cells' rows
+        among ``n_obs``, optionally ``"batch"`` codes (passed to the model as context). Wrap it in a
+        progress bar as needed.
+    n_obs
+        Rows the ``"index"`` of the batches refers to.
+    baseline
+        In the data space: one baseline ``(1, features)`` for all cells or one per row ``(n_obs, features)``.
+    targets
+        Output columns to attribute.
+    to_path_space
+        Maps data to the space the path runs in (e.g. ``log1p``); default the identity.
+    group_codes
+        Group of every row, ``(n_obs,)`` integers on the baseline's device, ``-1`` for none.
+    n_groups
+        Number of groups.
+    n_steps
+        Points of the quadrature rule.
+    method
+        One of :data:`METHODS`, see :func:`path_rule`.
+    store_per_cell
+        Keep every cell's attributions.
+
+    Returns
+    -------
+    :class:`AccumulatedAttributions`.
+    """
+    to_path_space = to_path_space or (lambda x: x)
+    device = baseline.device
+    n_targets, n_features = len(targets), baseline.shape[1]
+    total = torch.zeros(n_targets, n_features, dtype=torch.float64, device=device)
+    total_abs = torch.zeros_like(total)
+    change = torch.zeros(n_targets, dtype=torch.float64, device=device)
+    grouped = group_codes is not None
+    group_sum = torch.zeros(n_groups, n_targets, n_features, dtype=torch.float64, device=device) if grouped else None
+    group_count = torch.zeros(n_groups, dtype=torch.float64, device=device) if grouped else None
+    delta = np.full(n_obs, np.nan, dtype=np.float32)
+    per_cell = np.full((n_targets, n_obs, n_features), np.nan, dtype=np.float32) if store_per_cell else None
+    shared_baseline = to_path_space(baseline) if baseline.shape[0] == 1 else None
+    n_cells = 0
+    for batch in batches:
+        index = batch["index"]
+        base = shared_baseline if shared_baseline is not None else to_path_space(baseline.index_select(0, index))
+        context = {"batch": batch["batch"]} if "batch" in batch else {}
+        result = integrated_gradients(
+            model, to_path_space(batch["x"]), base, targets=targets, context=context, n_steps=n_steps, method=method
+        )
+        attributions = result.attributions  # (cells, targets, features)
+        total += attributions.sum(0, dtype=torch.float64)
+        total_abs += attributions.abs().sum(0, dtype=torch.float64)
+        change += (result.output - result.baseline_output).sum(0, dtype=torch.float64)
+        if grouped:
+            codes = group_codes.index_select(0, index)
+            known = codes >= 0
+            group_sum.index_add_(0, codes[known], attributions[known].double())
+            group_count.index_add_(0, codes[known], torch.ones_like(codes[known], dtype=torch.float64))
+        host_index = index.cpu().numpy()
+        delta[host_index] = result.delta.cpu().numpy()
+        if per_cell is not None:
+            per_cell[:, host_index] = attributions.transpose(0, 1).cpu().numpy()
+        n_cells += len(host_index)
+
+    # an empty selection divides by one, leaving zeros rather than NaN
+    denominator = max(n_cells, 1)
+    out = AccumulatedAttributions(
+        n_cells=n_cells,
+        mean=(total / denominator).cpu().numpy().astype(np.float32),
+        mean_abs=(total_abs / denominator).cpu().numpy().astype(np.float32),
+        output_change=(change / denominator).cpu().numpy(),
+        delta=delta,
+        per_cell=per_cell,
+    )
+    if grouped:
+        means = group_sum / group_count.clamp_min(1).view(-1, 1, 1)
+        out.group_means = means.cpu().numpy().astype(np.float32)
+        out.group_sizes = group_count.cpu().numpy().astype(np.int64)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- adaptors
-
-
-def _vae_layer_rest(layer: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """What a VAE hidden layer does after its linear map (normalisation, activation, dropout)."""
-    return layer.dropout(F.relu(layer.norm(z)))
 
 
 def vae_encoder(module: Any, *, input_space: str = "encoder", output: str = "mean") -> LinearFirst | AttributionModel:
@@ -316,9 +451,10 @@ def vae_encoder(module: Any, *, input_space: str = "encoder", output: str = "mea
     module
         A ``VAEModule`` in eval mode.
     input_space
-        ``"encoder"``: the model reads what the encoder's first layer reads (``log1p`` of the counts
-        for count likelihoods, the data itself otherwise) and is a :class:`LinearFirst` for the fast
-        path. ``"data"``: the model reads the data as stored (raw counts), the ``log1p`` is part of it,
+        ``"encoder"``: the model reads what the encoder's first layer reads
+        (:meth:`~scdgm.modules.VAEModule.encoder_input`: ``log1p`` of the counts for count
+        likelihoods, the data itself otherwise) and is a :class:`LinearFirst` for the fast path.
+        ``"data"``: the model reads the data as stored (raw counts), the ``log1p`` is part of it,
         and it goes the generic path.
     output
         Only ``"mean"``: the posterior mean (the code for the autoencoders).
@@ -336,24 +472,11 @@ def vae_encoder(module: Any, *, input_space: str = "encoder", output: str = "mea
     if input_space != "encoder":
         msg = f"input_space={input_space!r} is not supported. Choose 'encoder' or 'data'."
         raise ValueError(msg)
-    first = module.encoder_layers[0]
-    covariate_linear = first.linear
-
-    def offset(context: Context) -> torch.Tensor:
-        bias = covariate_linear.linear.bias
-        if covariate_linear.batch_weight is None:
-            return bias
-        index = module._batch_index(context.get("batch"))
-        return bias + F.embedding(index, covariate_linear.batch_weight)
-
-    def rest(z: torch.Tensor, context: Context) -> torch.Tensor:
-        index = module._batch_index(context.get("batch"))
-        h = _vae_layer_rest(first, z)
-        for layer in module.encoder_layers[1:]:
-            h = layer(h, index)
-        return module.mean_encoder(h).float()
-
-    return LinearFirst(covariate_linear.linear.weight, offset, rest)
+    return LinearFirst(
+        module.encoder_first_weight(),
+        lambda context: module.encoder_first_offset(context.get("batch")),
+        lambda z, context: module.encoder_rest(z, context.get("batch")),
+    )
 
 
 def scvi_encoder(module: Any, *, input_space: str = "encoder") -> LinearFirst | AttributionModel:

@@ -27,7 +27,6 @@ from pyro.nn import PyroModule, PyroSample
 from .._checks import check_positive
 from ._base import BaseModule, LossOutput, check_integer
 
-INFERENCES = ("svi", "nuts")
 # Weight draws per minibatch when the loss is evaluated in eval mode (validation): a steadier monitor
 # for early stopping than the single draw of a training step.
 _EVAL_DRAWS = 8

@@ -12,9 +12,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-LIKELIHOODS = ("nb", "zinb", "poisson", "normal", "bernoulli")
-COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
-DISPERSED_LIKELIHOODS = ("nb", "zinb", "normal")
+from .._choices import LIKELIHOODS
 
 EPS = 1e-8
 _LOG_2PI = math.log(2.0 * math.pi)

@@ -9,12 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_bool, check_choice, check_fraction, check_number
+from .._choices import COUNT_LIKELIHOODS, DECODERS, DISPERSED_LIKELIHOODS, DISPERSIONS, KINDS, LIKELIHOODS
 from ._base import BaseModule, LossOutput, check_integer
-from ._likelihoods import COUNT_LIKELIHOODS, DISPERSED_LIKELIHOODS, EPS, LIKELIHOODS, log_likelihood, sample
-
-KINDS = ("vae", "ae", "dae")
-DECODERS = ("mlp", "linear")
-DISPERSIONS = ("gene", "gene-batch")
+from ._likelihoods import EPS, log_likelihood, sample
 
 # Floor of the posterior variance, so that log(var) in the KL stays finite.
 _VAR_EPS = 1e-4
@@ -54,7 +51,11 @@ class _HiddenLayer(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, h: torch.Tensor, batch_index: torch.Tensor | None) -> torch.Tensor:
-        return self.dropout(F.relu(self.norm(self.linear(h, batch_index))))
+        return self.activate(self.linear(h, batch_index))
+
+    def activate(self, z: torch.Tensor) -> torch.Tensor:
+        """Everything after the linear map, from its output ``z``."""
+        return self.dropout(F.relu(self.norm(z)))
 
 
 class VAEModule(BaseModule):
@@ -306,6 +307,72 @@ class VAEModule(BaseModule):
         Cells x ``n_latent``.
         """
         return self.encode(batch["x"], batch.get("batch"))[0]
+
+    # The encoder in two parts, for attribution methods that treat its first linear map apart
+    # (integrated gradients' fast path): for cells ``x`` with batch codes ``b``,
+    # ``encode(x, b)[0] == encoder_rest(encoder_input(x) @ encoder_first_weight().T + encoder_first_offset(b), b)``.
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder's first layer reads: ``log1p(x)`` for count likelihoods, ``x`` otherwise.
+
+        Parameters
+        ----------
+        x
+            Data as the module was trained on, cells x genes.
+
+        Returns
+        -------
+        Cells x genes.
+        """
+        return torch.log1p(x) if self.likelihood in COUNT_LIKELIHOODS else x
+
+    def encoder_first_weight(self) -> torch.Tensor:
+        """Weight of the encoder's first linear map on the genes, hidden x genes.
+
+        Returns
+        -------
+        The parameter itself (not a copy), so gradients reach it.
+        """
+        return self.encoder_layers[0].linear.linear.weight
+
+    def encoder_first_offset(self, batch_index: torch.Tensor | None = None) -> torch.Tensor:
+        """The part of the encoder's first linear map that does not depend on the genes.
+
+        Parameters
+        ----------
+        batch_index
+            Batch codes, shape ``(cells,)``; required when ``n_batch > 0``.
+
+        Returns
+        -------
+        The bias, shape ``(hidden,)``; with batches, the bias plus each cell's batch column,
+        cells x hidden.
+        """
+        covariate_linear = self.encoder_layers[0].linear
+        bias = covariate_linear.linear.bias
+        if covariate_linear.batch_weight is None:
+            return bias
+        return bias + F.embedding(self._batch_index(batch_index), covariate_linear.batch_weight)
+
+    def encoder_rest(self, preactivation: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Posterior mean from the output of the encoder's first linear map (before its normalisation).
+
+        Parameters
+        ----------
+        preactivation
+            Cells x hidden, e.g. ``encoder_input(x) @ encoder_first_weight().T + encoder_first_offset(b)``.
+        batch_index
+            Batch codes, shape ``(cells,)``; required when ``n_batch > 0``.
+
+        Returns
+        -------
+        Posterior means (the code, for the autoencoders), cells x ``n_latent``.
+        """
+        batch_index = self._batch_index(batch_index)
+        h = self.encoder_layers[0].activate(preactivation)
+        for layer in self.encoder_layers[1:]:
+            h = layer(h, batch_index)
+        return self.mean_encoder(h).float()
 
     def generative(
         self, z: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor | None = None

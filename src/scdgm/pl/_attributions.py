@@ -31,7 +31,11 @@ def _chosen_targets(targets: Sequence[int | str] | None, names: list[str]) -> li
 
 
 def _top_genes(values: np.ndarray, magnitude: np.ndarray, n_top: int, rank_by: str) -> list[int]:
-    """Union, in order of first appearance, of each column's ``n_top`` genes."""
+    """Union, in order of first appearance, of each column's ``n_top`` genes.
+
+    Not :func:`scdgm.tl._common.top_genes_entry`: a plot needs one gene axis for all targets and a
+    choice of score (``rank_by``), and ties keep the lower gene index first.
+    """
     genes: list[int] = []
     for k in range(values.shape[1]):
         score = {"absolute": magnitude[:, k], "positive": values[:, k], "negative": -values[:, k]}[rank_by]

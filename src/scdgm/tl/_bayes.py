@@ -13,6 +13,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._checks import check_choice, check_fraction, check_int, check_number, check_positive
+from .._choices import INFERENCES
 from .._keys import ClassifierKeys, ModelKeys
 from .._metrics import calibration_bins, classification_metrics, uncertainty_from_summary
 from .._models import ModelRecord, holds_model
@@ -24,7 +25,6 @@ from ._common import apply_stored_model, check_copy, check_uns_free, resolve_dev
 if TYPE_CHECKING:
     from ..data import PreparedData
 
-INFERENCES = ("svi", "nuts")
 PREDICTION_BATCH_SIZE = 4096
 
 

@@ -22,7 +22,6 @@ from ._common import (
     check_choice,
     check_copy,
     check_int,
-    check_same_features,
     check_uns_free,
     resolve_device_seed,
     top_genes_entry,
@@ -31,7 +30,8 @@ from ._common import (
 if TYPE_CHECKING:
     import torch
 
-    from ..data import PreparedData
+    from ..data import BatchStore, PreparedData
+    from ..modules._attribution import AccumulatedAttributions
 
 METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 INPUT_SPACES = ("encoder", "data")
@@ -60,6 +60,12 @@ class AttributionTarget:
         Widest activation per step, to size chunks.
     description
         Human-readable source, recorded in ``.uns``.
+    feature_order
+        Positions in ``adata.var_names`` of the model's features (the columns of ``data``), ``None``
+        when they are the same.
+    extra
+        Facts about the model: ``n_samples``, the weight draws of a classifier (recorded in
+        ``.uns[key]["params"]``); ``encoder_key``, the encoder a classifier reads through.
     """
 
     model: Any
@@ -68,7 +74,16 @@ class AttributionTarget:
     to_path_space: Callable[[torch.Tensor], torch.Tensor]
     n_hidden: int
     description: str
+    feature_order: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_adata_columns(self, values: np.ndarray, n_vars: int) -> np.ndarray:
+        """``(..., model features)`` values in the gene order of adata; genes the model lacks get NaN."""
+        if self.feature_order is None:
+            return values
+        out = np.full((*values.shape[:-1], n_vars), np.nan, dtype=values.dtype)
+        out[..., self.feature_order] = values
+        return out
 
 
 @dataclass
@@ -112,6 +127,13 @@ def _log1p(x: torch.Tensor) -> torch.Tensor:
     return torch.log1p(x)
 
 
+def _then(model: Any, head: Callable) -> Any:
+    """``model`` followed by ``head``, keeping the fast path of a ``LinearFirst``."""
+    if hasattr(model, "then"):
+        return model.then(head)
+    return lambda u, context: head(model(u, context), context)
+
+
 def _vae_encoder_target(request: TargetRequest, key: str) -> AttributionTarget:
     """The VAE of ``.uns[key]``: latent means, rotated like the loadings when ``.uns[key]`` holds a rotation."""
     import torch
@@ -130,17 +152,17 @@ def _vae_encoder_target(request: TargetRequest, key: str) -> AttributionTarget:
     if rotation is not None:
         # tl.ldvae_loadings reports rotated factors; attribute those, so columns match its loadings.
         matrix = torch.as_tensor(np.asarray(rotation), dtype=torch.float32, device=request.device)
-        head = lambda h, context: h @ matrix  # noqa: E731
-        model = model.then(head) if hasattr(model, "then") else _compose(model, head)
+        model = _then(model, lambda h, context: h @ matrix)
         names = [f"factor_{k}" for k in range(matrix.shape[1])]
-    counts = module.likelihood in ("nb", "zinb", "poisson")
-    to_path = _log1p if counts and request.input_space == "encoder" else _identity
-    n_hidden = int(module.init_kwargs["n_hidden"])
-    return AttributionTarget(model, names, applied.data, to_path, n_hidden, f"VAEModule in .uns[{key!r}]")
-
-
-def _compose(model: Callable, head: Callable) -> Callable:
-    return lambda u, context: head(model(u, context), context)
+    return AttributionTarget(
+        model,
+        names,
+        applied.data,
+        module.encoder_input if request.input_space == "encoder" else _identity,
+        int(module.init_kwargs["n_hidden"]),
+        f"VAEModule in .uns[{key!r}]",
+        feature_order=applied.feature_order,
+    )
 
 
 @register_target("VAEModule")
@@ -186,15 +208,14 @@ def _bayes_target(request: TargetRequest) -> AttributionTarget:
         if encoder.names[0].startswith("factor_"):
             msg = f".obsm[{use_rep!r}] is a rotated representation; attributing through a rotation is not supported."
             raise ValueError(msg)
-        head = classifier_head(module, weights, output=request.output)
-        model = encoder.model.then(head) if hasattr(encoder.model, "then") else _compose(encoder.model, head)
         return AttributionTarget(
-            model,
+            _then(encoder.model, classifier_head(module, weights, output=request.output)),
             names,
             encoder.data,
             encoder.to_path_space,
             max(encoder.n_hidden, n_draws * hidden),
             f"BayesianClassifierModule in .uns[{request.key!r}] on .obsm[{use_rep!r}] of the encoder in .uns[{owner!r}]",
+            feature_order=encoder.feature_order,
             extra={"encoder_key": owner, "n_samples": n_draws},
         )
     model = classifier_on_inputs(module, weights, output=request.output)
@@ -205,6 +226,7 @@ def _bayes_target(request: TargetRequest) -> AttributionTarget:
         _identity,
         n_draws * hidden,
         f"BayesianClassifierModule in .uns[{request.key!r}]",
+        feature_order=applied.feature_order,
         extra={"n_samples": n_draws},
     )
 
@@ -253,7 +275,11 @@ def _scvi_target(adata: AnnData, scvi_model: Any, request: TargetRequest) -> Att
     )
 
 
-def _build_target(request: TargetRequest) -> AttributionTarget:
+def _build_target(adata: AnnData, request: TargetRequest, scvi_model: Any) -> AttributionTarget:
+    """The target of a trained scvi-tools model, or of the stored model of ``.uns[request.key]``."""
+    if scvi_model is not None:
+        return _scvi_target(adata, scvi_model, request)
+    request.record = read_record(adata, request.key)
     name = request.record.class_name
     if name not in TARGET_BUILDERS:
         msg = (
@@ -292,13 +318,11 @@ def _select_targets(target: Any, names: list[str], key: str) -> list[int]:
     return out
 
 
-def _feature_order(adata: AnnData, data: PreparedData) -> np.ndarray | None:
-    """Columns of ``adata`` in the model's feature order (``None``: the same order)."""
-    return check_same_features(adata.var_names, data.var_names, source="adata.var_names", key="model")
-
-
-def _resolve_baseline(baseline: Any, adata: AnnData, data: PreparedData, store: Any, chunk: int) -> tuple[Any, str]:
+def _resolve_baseline(
+    baseline: Any, adata: AnnData, spec: AttributionTarget, store: BatchStore, chunk: int
+) -> tuple[np.ndarray, str]:
     """The baseline in the data space and model feature order: ``(1, genes)`` or ``(cells, genes)`` float32."""
+    data = spec.data
     if isinstance(baseline, str):
         check_choice("baseline", baseline, ("zeros", "mean"))
         if baseline == "zeros":
@@ -320,23 +344,155 @@ def _resolve_baseline(baseline: Any, adata: AnnData, data: PreparedData, store: 
         msg = "baseline holds NaN or infinite values."
         raise ValueError(msg)
     array = array.reshape(-1, adata.n_vars)
-    order = _feature_order(adata, data)
-    if order is not None:
-        array = array[:, order]
+    if spec.feature_order is not None:
+        array = array[:, spec.feature_order]
     return np.ascontiguousarray(array), "array"
-
-
-def _rows_for_adata(values: np.ndarray, order: np.ndarray | None, n_vars: int) -> np.ndarray:
-    """``(..., model genes)`` values placed in the gene order of adata; genes the model lacks get NaN."""
-    if order is None:
-        return values
-    out = np.full((*values.shape[:-1], n_vars), np.nan, dtype=values.dtype)
-    out[..., order] = values
-    return out
 
 
 def _safe_name(name: str) -> str:
     return str(name).replace("/", "_")
+
+
+def _check_arguments(
+    adata: AnnData,
+    *,
+    n_steps: Any,
+    method: str,
+    input_space: str,
+    output: str,
+    n_top: Any,
+    n_samples: Any,
+    memory_budget_bytes: Any,
+    max_cells: Any,
+    groupby: str | None,
+) -> None:
+    """Refuse bad arguments before any model is read."""
+    from ..modules._attribution import path_rule
+
+    check_int("n_steps", n_steps)
+    check_choice("method", method, METHODS)
+    path_rule(method, n_steps)  # riemann_trapezoid needs two points
+    check_choice("input_space", input_space, INPUT_SPACES)
+    check_choice("output", output, OUTPUTS)
+    check_int("n_top", n_top)
+    check_int("n_samples", n_samples)
+    check_int("memory_budget_bytes", memory_budget_bytes)
+    if max_cells is not None:
+        check_int("max_cells", max_cells)
+    if groupby is not None and groupby not in adata.obs:
+        msg = f"groupby={groupby!r} is not a column of .obs (columns: {list(adata.obs.columns)})."
+        raise KeyError(msg)
+
+
+def _default_stem(model_key: str, scvi_model: Any, key_added: str | None) -> str:
+    if key_added:
+        return key_added
+    if scvi_model is not None and model_key == "vae":
+        return "ig_scvi"
+    return f"ig_{model_key}"
+
+
+def _chunk_size(spec: AttributionTarget, n_steps: int, n_targets: int, memory_budget_bytes: int) -> int:
+    """Cells per chunk, so that one chunk's steps x cells x genes work fits the memory budget."""
+    from ..modules._attribution import LinearFirst, bytes_per_cell
+
+    fast = isinstance(spec.model, LinearFirst)
+    per_cell = bytes_per_cell(spec.data.n_vars, n_steps, n_targets, n_hidden=spec.n_hidden, fast=fast)
+    return int(max(1, min(memory_budget_bytes // per_cell, spec.data.n_obs)))
+
+
+def _cells_to_attribute(n_obs: int, max_cells: int | None, seed: int) -> np.ndarray:
+    if max_cells is not None and max_cells < n_obs:
+        return np.sort(np.random.default_rng(seed).choice(n_obs, size=max_cells, replace=False))
+    return np.arange(n_obs)
+
+
+def _group_codes(adata: AnnData, groupby: str | None, device: str) -> tuple[list[str], torch.Tensor | None]:
+    """Group names and each cell's code (``-1``: no group) on ``device``; none without ``groupby``."""
+    if groupby is None:
+        return [], None
+    import torch
+
+    groups = pd.Categorical(adata.obs[groupby])
+    codes = torch.as_tensor(np.asarray(groups.codes, dtype=np.int64), device=device)
+    return [str(c) for c in groups.categories], codes
+
+
+def _attribute(
+    spec: AttributionTarget,
+    store: BatchStore,
+    cells: np.ndarray,
+    *,
+    chunk: int,
+    baseline: np.ndarray,
+    targets: list[int],
+    groups: tuple[list[str], torch.Tensor | None],
+    n_steps: int,
+    method: str,
+    store_per_cell: bool,
+    device: str,
+) -> AccumulatedAttributions:
+    """Run the attribution engine over ``cells`` in chunks of ``chunk``, with a progress bar."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..data import MiniBatches
+    from ..modules._attribution import accumulate
+
+    n_chunks = math.ceil(len(cells) / chunk)
+    logger.info(
+        f"integrated gradients of {len(targets)} targets for {len(cells)} cells x {spec.data.n_vars} genes: "
+        f"{n_steps} steps ({method}), {n_chunks} chunk(s) of up to {chunk} cells on {device}"
+    )
+    batches = MiniBatches(store, cells, batch_size=chunk, shuffle=False)
+    disable = not settings.progress_bar or n_chunks < 2
+    with tqdm(batches, total=n_chunks, desc="integrated gradients", disable=disable, leave=False) as bar:
+        return accumulate(
+            spec.model,
+            bar,
+            n_obs=spec.data.n_obs,
+            baseline=torch.as_tensor(baseline, device=device),
+            targets=targets,
+            to_path_space=spec.to_path_space,
+            group_codes=groups[1],
+            n_groups=len(groups[0]),
+            n_steps=n_steps,
+            method=method,
+            store_per_cell=store_per_cell,
+        )
+
+
+def _summarise_delta(attributed: np.ndarray, *, method: str, n_steps: int, delta_key: str) -> dict[str, float]:
+    """Median, 90th percentile and maximum of the completeness errors; warns when the 90th is too large."""
+    summary = {
+        "median": float(np.median(attributed)),
+        "p90": float(np.quantile(attributed, 0.9)),
+        "max": float(np.max(attributed)),
+    }
+    if summary["p90"] > DELTA_WARN:
+        share = float(np.mean(attributed > DELTA_WARN))
+        advice = "raise n_steps" + ("" if method == "gausslegendre" else " or use method='gausslegendre'")
+        warnings.warn(
+            f"Integrated gradients are incomplete by more than {DELTA_WARN:.0%} of the output change for "
+            f"{share:.0%} of cells (90th percentile {summary['p90']:.1%}, see .obs[{delta_key!r}]): "
+            f"{advice} (now {n_steps}).",
+            ScdgmWarning,
+            stacklevel=3,  # the caller of integrated_gradients
+        )
+    return summary
+
+
+def _group_means_entry(
+    spec: AttributionTarget, result: AccumulatedAttributions, group_names: list[str], n_vars: int
+) -> dict[str, np.ndarray]:
+    """Groups with attributed cells, their sizes and their groups x genes x targets mean attributions."""
+    kept = np.flatnonzero(result.group_sizes > 0)
+    values = spec.to_adata_columns(result.group_means[kept], n_vars).transpose(0, 2, 1)
+    return {
+        "groups": np.asarray([group_names[i] for i in kept], dtype=object),
+        "sizes": result.group_sizes[kept],
+        "values": values.astype(np.float32),
+    }
 
 
 def integrated_gradients(
@@ -476,27 +632,24 @@ def integrated_gradients(
     >>> dgm.get.top_genes(adata, "ig_vae", target="latent_0")  # doctest: +SKIP
     >>> dgm.pl.attributions(adata, key="ig_vae")  # doctest: +SKIP
     """
-    import torch
+    from ..data import BatchStore
 
-    from ..data import BatchStore, MiniBatches
-    from ..modules._attribution import LinearFirst, bytes_per_cell, path_rule
-    from ..modules._attribution import integrated_gradients as attribute_chunk
-
-    # ---- validate everything that needs no model
-    check_int("n_steps", n_steps)
-    check_choice("method", method, METHODS)
-    path_rule(method, n_steps)  # riemann_trapezoid needs two points
-    check_choice("input_space", input_space, INPUT_SPACES)
-    check_choice("output", output, OUTPUTS)
-    check_int("n_top", n_top)
-    check_int("n_samples", n_samples)
-    check_int("memory_budget_bytes", memory_budget_bytes)
-    if max_cells is not None:
-        check_int("max_cells", max_cells)
-    if groupby is not None and groupby not in adata.obs:
-        msg = f"groupby={groupby!r} is not a column of .obs (columns: {list(adata.obs.columns)})."
-        raise KeyError(msg)
+    _check_arguments(
+        adata,
+        n_steps=n_steps,
+        method=method,
+        input_space=input_space,
+        output=output,
+        n_top=n_top,
+        n_samples=n_samples,
+        memory_budget_bytes=memory_budget_bytes,
+        max_cells=max_cells,
+        groupby=groupby,
+    )
     device, seed = resolve_device_seed(device, seed)
+    keys = AttributionKeys(_default_stem(model_key, scvi_model, key_added))
+    check_uns_free(adata, keys.uns, tool="integrated_gradients")
+    check_copy(adata, copy)
 
     # ---- model -> target
     request = TargetRequest(
@@ -511,122 +664,33 @@ def integrated_gradients(
         layer=layer,
         batch_key=batch_key,
     )
-    stem = key_added or (
-        ("ig_scvi" if model_key == "vae" else f"ig_{model_key}") if scvi_model is not None else f"ig_{model_key}"
-    )
-    keys = AttributionKeys(stem)
-    check_uns_free(adata, keys.uns, tool="integrated_gradients")
-    check_copy(adata, copy)
-    if scvi_model is not None:
-        spec = _scvi_target(adata, scvi_model, request)
-    else:
-        request.record = read_record(adata, model_key)
-        spec = _build_target(request)
+    spec = _build_target(adata, request, scvi_model)
     chosen = _select_targets(target, spec.names, model_key if scvi_model is None else "scvi_model")
     names = [spec.names[t] for t in chosen]
-    data = spec.data
-    order = _feature_order(adata, data)
-    store = BatchStore.from_prepared(data, device)
+    store = BatchStore.from_prepared(spec.data, device)
+    chunk = _chunk_size(spec, n_steps, len(chosen), memory_budget_bytes)
+    baseline_values, baseline_kind = _resolve_baseline(baseline, adata, spec, store, chunk)
+    cells = _cells_to_attribute(spec.data.n_obs, max_cells, seed)
+    groups = _group_codes(adata, groupby, device)
 
-    fast = isinstance(spec.model, LinearFirst)
-    per_cell = bytes_per_cell(data.n_vars, n_steps, len(chosen), n_hidden=spec.n_hidden, fast=fast)
-    chunk = int(max(1, min(memory_budget_bytes // per_cell, data.n_obs)))
-    baseline_values, baseline_kind = _resolve_baseline(baseline, adata, data, store, chunk)
-    if baseline_values.shape[0] not in (1, data.n_obs):  # pragma: no cover - guarded above
-        msg = "baseline rows do not match the cells."
-        raise ValueError(msg)
-
-    rng = np.random.default_rng(seed)
-    if max_cells is not None and max_cells < data.n_obs:
-        cells = np.sort(rng.choice(data.n_obs, size=max_cells, replace=False))
-    else:
-        cells = np.arange(data.n_obs)
-
-    group_codes = None
-    group_names: list[str] = []
-    if groupby is not None:
-        groups = pd.Categorical(adata.obs[groupby])
-        group_names = [str(c) for c in groups.categories]
-        group_codes = torch.as_tensor(np.asarray(groups.codes, dtype=np.int64), device=device)
-
-    # ---- attribute chunk by chunk
-    n_targets, n_genes = len(chosen), data.n_vars
-    total = torch.zeros(n_targets, n_genes, dtype=torch.float64, device=device)
-    total_abs = torch.zeros_like(total)
-    change = torch.zeros(n_targets, dtype=torch.float64, device=device)
-    group_sum = (
-        torch.zeros(len(group_names), n_targets, n_genes, dtype=torch.float64, device=device)
-        if group_codes is not None
-        else None
+    # ---- engine
+    result = _attribute(
+        spec,
+        store,
+        cells,
+        chunk=chunk,
+        baseline=baseline_values,
+        targets=chosen,
+        groups=groups,
+        n_steps=n_steps,
+        method=method,
+        store_per_cell=store_per_cell,
+        device=device,
     )
-    group_count = torch.zeros(len(group_names), dtype=torch.float64, device=device) if group_codes is not None else None
-    delta = np.full(data.n_obs, np.nan, dtype=np.float32)
-    layers = np.full((n_targets, data.n_obs, n_genes), np.nan, dtype=np.float32) if store_per_cell else None
-    baseline_tensor = torch.as_tensor(baseline_values, device=device)
-    shared_baseline = baseline_tensor.shape[0] == 1
-    if shared_baseline:
-        baseline_path = spec.to_path_space(baseline_tensor)
+    delta_summary = _summarise_delta(result.delta[cells], method=method, n_steps=n_steps, delta_key=keys.delta)
 
-    from tqdm.auto import tqdm
-
-    batches = MiniBatches(store, cells, batch_size=chunk, shuffle=False)
-    n_chunks = math.ceil(len(cells) / chunk)
-    logger.info(
-        f"integrated gradients of {n_targets} targets for {len(cells)} cells x {n_genes} genes: "
-        f"{n_steps} steps ({method}), {n_chunks} chunk(s) of up to {chunk} cells on {device}"
-    )
-    bar = tqdm(
-        batches,
-        total=n_chunks,
-        desc="integrated gradients",
-        disable=not settings.progress_bar or n_chunks < 2,
-        leave=False,
-    )
-    for batch in bar:
-        index = batch["index"]
-        inputs = spec.to_path_space(batch["x"])
-        base = baseline_path if shared_baseline else spec.to_path_space(baseline_tensor.index_select(0, index))
-        context = {"batch": batch["batch"]} if "batch" in batch else {}
-        result = attribute_chunk(
-            spec.model, inputs, base, targets=chosen, context=context, n_steps=n_steps, method=method
-        )
-        attributions = result.attributions  # (cells, targets, genes)
-        total += attributions.sum(0, dtype=torch.float64)
-        total_abs += attributions.abs().sum(0, dtype=torch.float64)
-        change += (result.output - result.baseline_output).sum(0, dtype=torch.float64)
-        if group_sum is not None:
-            codes = group_codes.index_select(0, index)
-            known = codes >= 0
-            group_sum.index_add_(0, codes[known], attributions[known].double())
-            group_count.index_add_(0, codes[known], torch.ones_like(codes[known], dtype=torch.float64))
-        host_index = index.cpu().numpy()
-        delta[host_index] = result.delta.cpu().numpy()
-        if layers is not None:
-            layers[:, host_index] = attributions.transpose(0, 1).cpu().numpy()
-    bar.close()
-
-    n_cells = max(len(cells), 1)
-    mean = (total / n_cells).cpu().numpy().T.astype(np.float32)  # genes x targets
-    mean_abs = (total_abs / n_cells).cpu().numpy().T.astype(np.float32)
-    attributed = delta[cells]
-    delta_summary = {
-        "median": float(np.median(attributed)),
-        "p90": float(np.quantile(attributed, 0.9)),
-        "max": float(np.max(attributed)),
-    }
-    if delta_summary["p90"] > DELTA_WARN:
-        share = float(np.mean(attributed > DELTA_WARN))
-        advice = "raise n_steps" + ("" if method == "gausslegendre" else " or use method='gausslegendre'")
-        warnings.warn(
-            f"Integrated gradients are incomplete by more than {DELTA_WARN:.0%} of the output change for "
-            f"{share:.0%} of cells (90th percentile {delta_summary['p90']:.1%}, see .obs[{AttributionKeys(stem).delta!r}]): "
-            f"{advice} (now {n_steps}).",
-            ScdgmWarning,
-            stacklevel=2,
-        )
-
-    mean_adata = _rows_for_adata(mean.T, order, adata.n_vars).T
-    abs_adata = _rows_for_adata(mean_abs.T, order, adata.n_vars).T
+    # ---- one write, every gene column in the order of adata
+    mean = spec.to_adata_columns(result.mean, adata.n_vars).T  # genes x targets
     uns_entry: dict[str, Any] = {
         "params": record_params(
             "integrated_gradients",
@@ -652,32 +716,25 @@ def integrated_gradients(
             seed=seed,
         ),
         "targets": np.asarray(names, dtype=object),
-        "top_genes": top_genes_entry(mean_adata, adata.var_names, names, n_top),
-        "output_change": (change / n_cells).cpu().numpy(),
+        "top_genes": top_genes_entry(mean, adata.var_names, names, n_top),
+        "output_change": result.output_change,
         "delta_summary": delta_summary,
         "source": spec.description,
     }
-    if group_sum is not None:
-        counts = group_count.cpu().numpy()
-        means = (group_sum / group_count.clamp_min(1).view(-1, 1, 1)).cpu().numpy().astype(np.float32)
-        kept = np.flatnonzero(counts > 0)
-        uns_entry["group_means"] = {
-            "groups": np.asarray([group_names[i] for i in kept], dtype=object),
-            "sizes": counts[kept].astype(np.int64),
-            "values": np.stack([_rows_for_adata(means[i], order, adata.n_vars).T for i in kept]).astype(np.float32),
-        }
+    if groupby is not None:
+        uns_entry["group_means"] = _group_means_entry(spec, result, groups[0], adata.n_vars)
         uns_entry["groupby"] = groupby
-    layer_entries = {}
-    if layers is not None:
+    layers = {}
+    if result.per_cell is not None:
         for k, name in enumerate(names):
-            layer_entries[keys.layer(_safe_name(name))] = _rows_for_adata(layers[k], order, adata.n_vars)
+            layers[keys.layer(_safe_name(name))] = spec.to_adata_columns(result.per_cell[k], adata.n_vars)
 
     adata = adata.copy() if copy else adata
     write_results(
         adata,
-        obs={keys.delta: delta},
-        varm={keys.varm: mean_adata, keys.varm_abs: abs_adata},
-        layers=layer_entries or None,
+        obs={keys.delta: result.delta},
+        varm={keys.varm: mean, keys.varm_abs: spec.to_adata_columns(result.mean_abs, adata.n_vars).T},
+        layers=layers or None,
         uns={keys.uns: uns_entry},
     )
     return adata if copy else None

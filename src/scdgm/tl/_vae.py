@@ -11,6 +11,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._checks import check_choice, check_fraction, check_int, check_number
+from .._choices import COUNT_LIKELIHOODS, DECODERS, DISPERSIONS, KINDS, LIKELIHOODS
 from .._keys import ModelKeys
 from .._models import ModelRecord
 from .._results import record_params, write_results
@@ -19,12 +20,6 @@ from ._common import check_copy, resolve_device_seed
 
 if TYPE_CHECKING:
     from ..data import PreparedData
-
-KINDS = ("vae", "ae", "dae")
-LIKELIHOODS = ("nb", "zinb", "poisson", "normal", "bernoulli")
-COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
-DECODERS = ("mlp", "linear")
-DISPERSIONS = ("gene", "gene-batch")
 
 
 @dataclass(frozen=True)
