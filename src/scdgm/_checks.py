@@ -11,11 +11,14 @@ from collections.abc import Iterable
 from numbers import Integral, Real
 from typing import Any
 
+import numpy as np
+
 
 def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     """``value`` when it is one of ``allowed``, else a ValueError listing them."""
     allowed = list(allowed)
-    if not any(value == option and isinstance(value, type(option)) for option in allowed):
+    # isinstance first: comparing an array with a string would give an array, not a bool
+    if not any(isinstance(value, type(option)) and value == option for option in allowed):
         msg = f"{name}={value!r} is not supported. Choose one of {allowed}."
         raise ValueError(msg)
     return value
@@ -72,7 +75,7 @@ def check_fraction(name: str, value: Any, *, upper_inclusive: bool = False) -> f
 
 def check_bool(name: str, value: Any) -> bool:
     """``value`` when it is a bool (numpy's too), else a ValueError; ``"False"`` is not silently true."""
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+    if not isinstance(value, bool | np.bool_):
         msg = f"{name} must be True or False, not {value!r}."
         raise ValueError(msg)
     return bool(value)

@@ -29,6 +29,15 @@ def check_seed(name: str, value: object) -> int:
     return int(value)
 
 
+def _check_device(name: str, value: object) -> str:
+    """``value`` when it is a device string scdgm knows (``"cuda:N"`` with a number), else a ValueError naming ``name``."""
+    kind, colon, index = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if kind not in {"auto", "cpu", "cuda", "mps"} or (colon and (kind == "auto" or not index.isdigit())):
+        msg = f"{name} must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (a string), not {value!r}."
+        raise ValueError(msg)
+    return value
+
+
 class ScdgmConfig:
     """Settings of scdgm, available as ``scdgm.settings``.
 
@@ -58,10 +67,7 @@ class ScdgmConfig:
 
     @device.setter
     def device(self, value: str) -> None:
-        if not isinstance(value, str) or value.split(":")[0] not in {"auto", "cpu", "cuda", "mps"}:
-            msg = f"settings.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', not {value!r}."
-            raise ValueError(msg)
-        self._device = value
+        self._device = _check_device("settings.device", value)
 
     @property
     def seed(self) -> int:
@@ -79,9 +85,12 @@ class ScdgmConfig:
 
     @verbosity.setter
     def verbosity(self, value: int) -> None:
-        if value not in _VERBOSITY_LEVELS:
+        import numbers
+
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value not in _VERBOSITY_LEVELS:
             msg = f"settings.verbosity must be one of {sorted(_VERBOSITY_LEVELS)}, not {value!r}."
             raise ValueError(msg)
+        value = int(value)
         self._verbosity = value
         logger.setLevel(_VERBOSITY_LEVELS[value])
 
@@ -92,7 +101,9 @@ class ScdgmConfig:
 
     @progress_bar.setter
     def progress_bar(self, value: bool) -> None:
-        self._progress_bar = bool(value)
+        from ._checks import check_bool
+
+        self._progress_bar = check_bool("settings.progress_bar", value)
 
     def resolve_device(self, device: str | None = None) -> str:
         """Turn ``"auto"`` (or ``None``, meaning :attr:`device`) into a concrete torch device string.
@@ -101,10 +112,7 @@ class ScdgmConfig:
         """
         import torch
 
-        device = self.device if device is None else device
-        if not isinstance(device, str) or device.split(":")[0] not in {"auto", "cpu", "cuda", "mps"}:
-            msg = f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (a string), not {device!r}."
-            raise ValueError(msg)
+        device = self.device if device is None else _check_device("device", device)
         mps = getattr(torch.backends, "mps", None)
         mps_available = mps is not None and mps.is_available()
         if device == "auto":
@@ -112,9 +120,6 @@ class ScdgmConfig:
                 return "cuda"
             return "mps" if mps_available else "cpu"
         kind, _, index = device.partition(":")
-        if index and not index.isdigit():
-            msg = f"device={device!r}: the part after ':' must be a GPU number, as in 'cuda:1'."
-            raise ValueError(msg)
         if kind == "cuda" and not torch.cuda.is_available():
             msg = f"device={device!r} was asked for, but torch sees no CUDA GPU. Use device='auto' or 'cpu'."
             raise ValueError(msg)

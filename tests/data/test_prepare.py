@@ -341,3 +341,53 @@ def test_unsupported_matrix_type_is_refused(adata):
     adata.obsm["strings"] = np.full((40, 2), "a")
     with pytest.raises(TypeError, match="must hold numbers"):
         prepare_data(adata, use_rep="strings")
+
+
+# --- regression tests of the reliability sweep ----------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr", "backed_csr"])
+def test_counts_scaled_far_beyond_any_count_are_not_raw_counts(adata, tmp_path, fmt):
+    adata.X = adata.X * np.float32(1e30)
+    if fmt != "dense":
+        adata.X = sp.csr_matrix(adata.X)
+    if fmt == "backed_csr":
+        adata.write_h5ad(tmp_path / "scaled.h5ad")
+        adata = ad.read_h5ad(tmp_path / "scaled.h5ad", backed="r")
+    try:
+        with pytest.raises(
+            ValueError, match=r"adata.X holds counts up to 6e\+30, beyond 1.68e\+07: .*These are not raw counts"
+        ):
+            prepare_data(adata, counts=True)
+        assert prepare_data(adata, counts=False).n_obs == adata.n_obs  # fine for a normal likelihood
+    finally:
+        if adata.isbacked:
+            adata.file.close()
+
+
+def test_the_largest_exact_float32_count_is_still_a_count(adata):
+    adata.X[0, 0] = 2**24
+    assert prepare_data(adata, counts=True).library[0] >= 2**24
+    adata.X[0, 0] = 2**25
+    with pytest.raises(ValueError, match="not raw counts"):
+        prepare_data(adata, counts=True)
+
+
+def test_repeated_gene_names_are_refused(adata):
+    before = _snapshot(adata)
+    adata.var_names = [*adata.var_names[:-1], adata.var_names[0]]
+    with pytest.raises(
+        ValueError, match=r"adata.var_names repeats 1 name\(s\) \(first: gene_0\).*var_names_make_unique\(\)"
+    ):
+        prepare_data(adata)
+    assert prepare_data(adata, use_rep="X_pca").n_vars == 5  # an .obsm input has its own names
+    assert set(adata.uns.keys()) == before["uns"] and set(adata.obsm.keys()) == before["obsm"]
+
+
+def test_all_zero_features_of_a_fixed_model_input_are_not_advised_away(adata):
+    adata.X[:, 3] = 0
+    with pytest.warns(ScdgmWarning, match="zero in every cell") as record:
+        prepare_data(adata, feature_filter_advice=False)
+    assert "filter_genes" not in str(record[0].message)
+    with pytest.warns(ScdgmWarning, match=r"sc.pp.filter_genes"):
+        prepare_data(adata)

@@ -378,3 +378,56 @@ def test_a_class_with_a_single_labelled_cell_warns(base):
     val = base.uns["bayes"]["split"]["validation_indices"]
     assert type_2[0] not in val  # trained on, never held out
     assert base.obsm["bayes_proba"].shape == (base.n_obs, 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# regression tests of the reliability sweep
+@pytest.mark.parametrize("key_added", ["", "run/1"])
+def test_unusable_key_added_is_refused_before_training(base, monkeypatch, key_added):
+    import scdgm.train._fit as fit_module
+
+    def started(*args, **kwargs):
+        msg = "training started"
+        raise AssertionError(msg)
+
+    monkeypatch.setattr(fit_module, "_run_epoch", started)
+    before = _snapshot(base)
+    with pytest.raises(ValueError, match=f"key_added={key_added!r} is not a usable key"):
+        dgm.tl.bayes_classify(base, "label", use_rep="X_rep", key_added=key_added, **FIT)
+    assert _snapshot(base) == before
+
+
+def test_predict_on_the_reference_keeps_its_model(fitted):
+    entry = fitted.uns["bayes"]
+    history = {k: np.array(v) for k, v in entry["history"].items()}
+    params = dict(entry["params"])
+    proba = fitted.obsm["bayes_proba"].copy()
+    dgm.tl.bayes_predict(fitted, fitted, seed=0)
+    assert fitted.uns["bayes_predict"]["params"]["tool"] == "bayes_predict"
+    np.testing.assert_allclose(fitted.obsm["bayes_predict_proba"], proba, rtol=1e-5, atol=1e-6)
+    entry = fitted.uns["bayes"]
+    assert set(entry) >= {"history", "split", "model", "metrics"}
+    assert dict(entry["params"]) == params
+    for name, values in history.items():
+        np.testing.assert_array_equal(entry["history"][name], values)
+    np.testing.assert_array_equal(fitted.obsm["bayes_proba"], proba)
+
+
+def test_predict_leaves_the_torch_random_state_alone(fitted):
+    import torch
+
+    query = ad.AnnData(np.zeros((30, 2), dtype=np.float32))
+    query.obsm["X_rep"] = fitted.obsm["X_rep"][:30]
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    dgm.tl.bayes_predict(query, fitted)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_diverging_classifier_raises_a_training_error(base):
+    from scdgm.train import TrainingError
+
+    before = _snapshot(base)
+    with pytest.raises(TrainingError, match=r"Training diverged at epoch 0 .*Lower lr \(now 1000\)"):
+        dgm.tl.bayes_classify(base, "label", use_rep="X_rep", **{**FIT, "lr": 1e3})
+    assert _snapshot(base) == before

@@ -260,3 +260,20 @@ def test_scvi_model_encoder(fitted):
     change = latent - at_zero
     assert np.median(np.abs(sums - change).max(1) / np.abs(change).max(1)) < 0.02
     assert "ig_vae" not in adata.varm
+
+
+# --------------------------------------------------------------------------------------------------
+# regression tests of the reliability sweep
+@pytest.mark.parametrize("key_added", ["", "run/1"])
+def test_unusable_key_added_is_refused(fitted, key_added):
+    before = _snapshot(fitted)
+    with pytest.raises(ValueError, match=f"key_added={key_added!r} is not a usable key"):
+        dgm.tl.integrated_gradients(fitted, key_added=key_added)
+    assert _snapshot(fitted) == before
+
+
+def test_leaves_the_torch_random_state_alone(fitted):
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    dgm.tl.integrated_gradients(fitted, n_top=3)
+    assert torch.equal(torch.get_rng_state(), state)

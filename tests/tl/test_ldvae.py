@@ -107,3 +107,20 @@ def test_bad_input(simulated, kwargs, error, match):
             simulated, **kwargs
         )
     assert "ldvae" not in simulated.uns
+
+
+# --------------------------------------------------------------------------------------------------
+# regression tests of the reliability sweep
+@pytest.mark.parametrize("key_added", ["", "run/1"])
+def test_unusable_key_added_is_refused_before_training(simulated, monkeypatch, key_added):
+    import scdgm.train._fit as fit_module
+
+    def started(*args, **kwargs):
+        msg = "training started"
+        raise AssertionError(msg)
+
+    monkeypatch.setattr(fit_module, "_run_epoch", started)
+    before = {slot: set(getattr(simulated, slot).keys()) for slot in ("obs", "obsm", "varm", "layers", "uns")}
+    with pytest.raises(ValueError, match=f"key_added={key_added!r} is not a usable key"):
+        dgm.tl.ldvae_loadings(simulated, n_latent=3, n_hidden=8, max_epochs=2, batch_size=32, key_added=key_added)
+    assert {slot: set(getattr(simulated, slot).keys()) for slot in before} == before

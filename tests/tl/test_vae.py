@@ -169,3 +169,147 @@ def test_devices_must_be_positive(simulated):
     with pytest.raises(ValueError, match="devices must be"):
         dgm.tl.vae(simulated, devices=0)
     assert "vae" not in simulated.uns
+
+
+# --------------------------------------------------------------------------------------------------
+# regression tests of the reliability sweep
+FAST = {"n_latent": 3, "n_hidden": 8, "max_epochs": 2, "batch_size": 32}
+
+
+def _keys(adata):
+    return {slot: set(getattr(adata, slot).keys()) for slot in ("obs", "obsm", "varm", "layers", "uns")}
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if an epoch starts: the refusals below must come before any training."""
+    import scdgm.train._fit as fit_module
+
+    def started(*args, **kwargs):
+        msg = "training started"
+        raise AssertionError(msg)
+
+    monkeypatch.setattr(fit_module, "_run_epoch", started)
+
+
+@pytest.fixture
+def _restore_settings():
+    seed, device = dgm.settings.seed, dgm.settings.device
+    yield
+    dgm.settings.seed, dgm.settings.device = seed, device
+
+
+@pytest.mark.usefixtures("no_training")
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"key_added": ""}, "key_added='' is not a usable key"),
+        ({"key_added": "run/1"}, "key_added='run/1' is not a usable key"),
+        ({"lr": 0}, r"lr must be a finite number > 0, not 0"),
+        ({"lr": "0.1"}, r"lr must be a finite number > 0, not '0.1'"),
+        ({"beta": "1"}, r"beta must be a finite number >= 0, not '1'"),
+        ({"dropout": "0.1"}, r"dropout must be a finite number in \[0, 1\), not '0.1'"),
+        ({"validation_fraction": None}, r"validation_fraction must be a finite number in \[0, 1\), not None"),
+        ({"precision": "16-mixed", "device": "cpu"}, "precision='16-mixed' needs a CUDA GPU"),
+        ({"seed": 2**64}, r"seed must be an integer in \[0, 2\*\*32\)"),
+        ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*32\)"),
+        ({"seed": 1.5}, r"seed must be an integer in \[0, 2\*\*32\)"),
+        ({"device": 0}, r"device must be .* \(a string\), not 0"),
+    ],
+)
+def test_bad_arguments_are_named_before_training(simulated, kwargs, match):
+    before = _keys(simulated)
+    with pytest.raises(ValueError, match=match):
+        dgm.tl.vae(simulated, **{**FAST, **kwargs})
+    assert _keys(simulated) == before
+
+
+@pytest.mark.usefixtures("no_training")
+def test_mps_is_refused_where_it_is_not_available(simulated):
+    import torch
+
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(ValueError, match="MPS backend is not available"):
+        dgm.tl.vae(simulated, device="mps", **FAST)
+    assert "vae" not in simulated.uns
+
+
+@pytest.mark.usefixtures("no_training")
+def test_repeated_gene_names_are_refused(simulated):
+    simulated.var_names = [*simulated.var_names[:-1], simulated.var_names[0]]
+    before = _keys(simulated)
+    with pytest.raises(ValueError, match=r"repeats 1 name\(s\).*`adata.var_names_make_unique\(\)`"):
+        dgm.tl.vae(simulated, **FAST)
+    assert _keys(simulated) == before
+
+
+@pytest.mark.usefixtures("no_training")
+@pytest.mark.parametrize(
+    ("n_obs", "kwargs", "match"),
+    [
+        (1, {"batch_size": 1}, r"batch_size must be an integer >= 2, not 1"),
+        (2, {"batch_size": 1}, r"batch_size must be an integer >= 2, not 1"),
+        (1, {}, r"Only 1 cell\(s\) are left to train on \(none held out for validation\): a model needs at least 2"),
+        (2, {"batch_size": 2}, r"Only 1 cell\(s\) are left to train on after holding out 1 for validation"),
+    ],
+)
+def test_too_few_cells_get_a_clear_error(simulated, n_obs, kwargs, match):
+    tiny = simulated[:n_obs].copy()
+    tiny = tiny[:, np.asarray(tiny.X.sum(0)).ravel() > 0].copy()  # the all-zero genes warn otherwise
+    before = _keys(tiny)
+    with pytest.raises(ValueError, match=match):
+        dgm.tl.vae(tiny, n_latent=1, n_hidden=8, max_epochs=2, **kwargs)
+    assert _keys(tiny) == before
+
+
+@pytest.mark.usefixtures("no_training")
+def test_copy_of_a_backed_anndata_is_refused_before_training(simulated, tmp_path):
+    path = tmp_path / "cells.h5ad"
+    simulated.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        with pytest.raises(ValueError, match=r"copy=True cannot copy a backed AnnData.*to_memory\(\)"):
+            dgm.tl.vae(backed, copy=True, **FAST)
+        assert "vae" not in backed.uns
+    finally:
+        backed.file.close()
+
+
+@pytest.mark.usefixtures("no_training")
+def test_scaled_counts_are_not_raw_counts(simulated):
+    simulated.X = simulated.X * 1e30
+    before = _keys(simulated)
+    with pytest.raises(ValueError, match="These are not raw counts"):
+        dgm.tl.vae(simulated, **FAST)
+    assert _keys(simulated) == before
+
+
+def test_numpy_integer_seed_is_the_same_seed(simulated):
+    a, b = simulated.copy(), simulated.copy()
+    dgm.tl.vae(a, seed=np.int64(3), **FAST)
+    dgm.tl.vae(b, seed=3, **FAST)
+    np.testing.assert_array_equal(a.obsm["X_vae"], b.obsm["X_vae"])
+    assert a.uns["vae"]["params"]["seed"] == 3
+
+
+@pytest.mark.usefixtures("_restore_settings")
+def test_settings_seed_is_the_default_seed(simulated):
+    a, b = simulated.copy(), simulated.copy()
+    dgm.tl.vae(a, seed=5, **FAST)
+    dgm.settings.seed = 5
+    dgm.tl.vae(b, **FAST)
+    np.testing.assert_array_equal(a.obsm["X_vae"], b.obsm["X_vae"])
+    assert b.uns["vae"]["params"]["seed"] == 5
+
+
+@pytest.mark.usefixtures("_restore_settings", "no_training")
+def test_settings_device_is_the_default_device(simulated):
+    import torch
+
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    dgm.settings.device = "mps"
+    with pytest.raises(ValueError, match="device='mps' was asked for"):
+        dgm.tl.vae(simulated, **FAST)
+    assert "vae" not in simulated.uns

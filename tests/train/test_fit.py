@@ -148,3 +148,62 @@ def test_predict_concatenates_in_order():
     module = _Toy()
     out = predict(module, _Batches(x, y, 16, shuffle=False), lambda m, b: m.linear(b["x"]).squeeze(-1))
     np.testing.assert_allclose(out, module.linear(x).squeeze(-1).detach().numpy(), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# regression tests of the reliability sweep
+class _Diverging(_Toy):
+    """After two steps its output distribution gets a negative scale, as a diverged model's does."""
+
+    def forward(self, batch, kl_weight=1.0):
+        out = super().forward(batch, kl_weight)
+        if self.training and self.steps > 2:
+            torch.distributions.Normal(torch.zeros(3), -torch.ones(3), validate_args=True)
+        return out
+
+
+def test_a_diverged_distribution_is_a_training_error_without_the_tensor_dump():
+    x, y = _data()
+    with pytest.raises(
+        TrainingError, match=r"Training diverged at epoch 0 \(Expected parameter scale .*Lower lr"
+    ) as info:
+        fit(_Diverging(), _Batches(x, y, 32), None, max_epochs=5, progress_bar=False)
+    assert "\n" not in str(info.value) and "tensor(" not in str(info.value)
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lr": 0}, r"lr must be a finite number > 0, not 0"),
+        ({"lr": "0.1"}, r"lr must be a finite number > 0, not '0.1'"),
+        ({"beta": "1"}, r"beta must be a finite number >= 0, not '1'"),
+        ({"max_epochs": "5"}, r"max_epochs must be an integer >= 1, not '5'"),
+        ({"precision": "16-mixed"}, r"precision='16-mixed' needs a CUDA GPU, but the model runs on 'cpu'"),
+    ],
+)
+def test_fit_names_a_bad_argument(kwargs, match):
+    x, y = _data()
+    module = _Toy()
+    with pytest.raises(ValueError, match=match):
+        fit(module, _Batches(x, y, 32), None, **{"max_epochs": 2, "progress_bar": False, **kwargs})
+    assert module.steps == 0
+
+
+def test_a_value_error_that_is_not_divergence_is_raised_as_it_is():
+    import torch
+
+    from scdgm.train import TrainingError, fit
+
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, batch, kl_weight=1.0):
+            raise ValueError("shapes do not match")
+
+    batches = [{"x": torch.zeros(2, 1)}]
+    with pytest.raises(ValueError, match="shapes do not match") as caught:
+        fit(Broken(), batches, max_epochs=1)
+    assert not isinstance(caught.value, TrainingError)

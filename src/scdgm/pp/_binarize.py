@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._docs import doc_params
 from .._results import write_results
 
 
@@ -56,6 +57,7 @@ def _count_nan(X: Any) -> int:
     return int(np.count_nonzero(np.isnan(values)))
 
 
+@doc_params
 def binarize(
     adata: AnnData,
     *,
@@ -77,8 +79,7 @@ def binarize(
     key_added
         Name of the layer written (non-empty, without ``"/"``). An existing layer of that name is replaced,
         with a warning.
-    copy
-        Return a new AnnData instead of writing into ``adata``.
+    {copy_doc}
 
     Returns
     -------

@@ -14,13 +14,14 @@ from anndata import AnnData
 
 from .._checks import check_choice, check_fraction, check_int, check_number, check_positive
 from .._choices import INFERENCES
+from .._docs import doc_params
 from .._keys import ClassifierKeys, ModelKeys
 from .._metrics import calibration_bins, classification_metrics, uncertainty_from_summary
 from .._models import ModelRecord, holds_model
 from .._results import record_params, write_results
 from .._settings import logger
 from .._warnings import ScdgmWarning
-from ._common import apply_stored_model, check_copy, check_uns_free, resolve_device_seed
+from ._common import ToolOptions, apply_stored_model, check_copy, check_uns_free, resolve_device_seed
 
 if TYPE_CHECKING:
     from ..data import PreparedData
@@ -29,7 +30,7 @@ PREDICTION_BATCH_SIZE = 4096
 
 
 @dataclass(frozen=True)
-class ClassifierOptions:
+class ClassifierOptions(ToolOptions):
     """The arguments of :func:`bayes_classify` that shape the classifier and its training."""
 
     use_rep: str | None = "X_vae"
@@ -51,30 +52,16 @@ class ClassifierOptions:
     early_stopping: bool = True
     patience: int = 30
 
-    @classmethod
-    def from_arguments(cls, arguments: Mapping[str, Any]) -> ClassifierOptions:
-        """The options among ``arguments`` (a tool's ``locals()``); other names are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in arguments.items() if k in names})
-
     def check(self) -> None:
         """Refuse bad arguments before any data is read."""
-        from ..train import check_training_options
+        from ..train import TrainingOptions
 
         check_choice("inference", self.inference, INFERENCES)
         check_int("n_hidden", self.n_hidden)
         check_int("n_layers", self.n_layers, minimum=0)
         check_int("num_warmup", self.num_warmup, minimum=0)
         check_positive("prior_scale", self.prior_scale)
-        check_training_options(
-            batch_size=self.batch_size,
-            lr=self.lr,
-            beta=self.beta,
-            patience=self.patience,
-            max_epochs=self.max_epochs,
-            kl_warmup_epochs=self.kl_warmup_epochs,
-            early_stopping=self.early_stopping,
-        )
+        TrainingOptions.of(self).check()
         check_fraction("validation_fraction", self.validation_fraction)
         check_number(
             "unknown_quantile",
@@ -136,6 +123,7 @@ def _obs_outputs(
     }
 
 
+@doc_params
 def bayes_classify(
     adata: AnnData,
     labels_key: str,
@@ -240,12 +228,11 @@ def bayes_classify(
         ``dgm.settings.seed``.
     key_added
         Stem of the output keys.
-    copy
-        Return a new AnnData instead of writing into ``adata``.
+    {copy_doc}
 
     Returns
     -------
-    ``None``, or a new AnnData when ``copy=True``, with these fields written:
+    {returns_doc}
 
     ``.obs["<key_added>_pred"]``
         Predicted cell type (categorical, the training classes) of every cell.
@@ -377,7 +364,7 @@ def train_classifier(
     from ..data import feature_stats, prepare_data, principal_axes, split_indices
     from ..modules import BayesianClassifierModule
     from ..modules._bayes import SD_FLOOR
-    from ..train import fit_nuts, seeded, train_module
+    from ..train import TrainingOptions, fit_nuts, seeded, train_module
 
     options.check()
     device, seed = resolve_device_seed(device, seed)
@@ -424,14 +411,8 @@ def train_classifier(
                 data,
                 train_idx,
                 val_idx,
+                TrainingOptions.of(options),
                 device=device,
-                batch_size=options.batch_size,
-                max_epochs=options.max_epochs,
-                kl_warmup_epochs=options.kl_warmup_epochs,
-                lr=options.lr,
-                beta=options.beta,
-                early_stopping=options.early_stopping,
-                patience=options.patience,
                 seed=seed,
                 description="Bayesian classifier (SVI)",
             )
@@ -492,6 +473,7 @@ def train_classifier(
     return ClassifierRun(result, classes, threshold, uns, module)
 
 
+@doc_params
 def bayes_predict(
     adata: AnnData,
     reference: AnnData,
@@ -533,12 +515,11 @@ def bayes_predict(
     key_added
         Stem of the output keys; default ``key``, or ``"<key>_predict"`` where ``.uns[key]`` of
         ``adata`` holds a trained model (as when ``adata`` is the reference), which is never replaced.
-    copy
-        Return a new AnnData instead of writing into ``adata``.
+    {copy_doc}
 
     Returns
     -------
-    ``None``, or a new AnnData when ``copy=True``, with these fields written:
+    {returns_doc}
 
     ``.obs["<key_added>_pred"]``, ``.obs["<key_added>_confidence"]``, ``.obs["<key_added>_entropy"]``, ``.obs["<key_added>_epistemic"]``, ``.obs["<key_added>_unknown"]``
         As in :func:`scdgm.tl.bayes_classify`.

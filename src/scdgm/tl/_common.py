@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AppliedModel",
+    "ToolOptions",
     "apply_stored_model",
     "check_choice",
     "check_copy",
@@ -36,6 +37,18 @@ __all__ = [
     "resolve_device_seed",
     "top_genes_entry",
 ]
+
+
+class ToolOptions:
+    """Base of a tool's options dataclass: built from the tool's own arguments, so they are listed once."""
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> Any:
+        """The options among ``arguments`` (a tool's ``locals()``); other names are ignored."""
+        import dataclasses
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in arguments.items() if k in names})
 
 
 def resolve_device_seed(device: str | None, seed: int | None) -> tuple[str, int]:

@@ -6,11 +6,13 @@ import numpy as np
 from anndata import AnnData
 
 from .._checks import check_int, check_positive
+from .._docs import doc_params
 from .._keys import ModelKeys, check_key
 from .._results import record_params, write_results
 from ._common import apply_stored_model, check_copy, check_uns_free, resolve_device_seed
 
 
+@doc_params
 def denoise(
     adata: AnnData,
     *,
@@ -54,12 +56,11 @@ def denoise(
         Seeds the latent draws when ``n_samples > 1``; ``None`` follows ``dgm.settings.seed``.
     key_added
         Layer name; default ``"<vae_key>_denoised"``.
-    copy
-        Return a new AnnData instead of writing into ``adata``.
+    {copy_doc}
 
     Returns
     -------
-    ``None``, or a new AnnData when ``copy=True``, with these fields written:
+    {returns_doc}
 
     ``.layers["<vae_key>_denoised"]``
         Dense cells x genes float32 matrix of denoised expression, in the gene order of ``adata``;

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from anndata import AnnData
 
+from .._docs import doc_params
 from .._keys import ModelKeys
 from .._results import record_params, write_results
 from .._settings import logger
 from ._common import apply_stored_model, check_copy, check_uns_free, resolve_device_seed
 
 
+@doc_params
 def embed(
     adata: AnnData,
     *,
@@ -46,12 +48,11 @@ def embed(
         Stem of the output keys in the query; default ``vae_key``, so that the query's latent space
         sits under the same name as the reference's (``"<vae_key>_embed"`` where that would replace a
         trained model).
-    copy
-        Return a new AnnData instead of writing into ``adata``.
+    {copy_doc}
 
     Returns
     -------
-    ``None``, or a new AnnData when ``copy=True``, with these fields written:
+    {returns_doc}
 
     ``.obsm["X_<key_added>"]``
         Posterior means of the query cells in the reference's latent space.

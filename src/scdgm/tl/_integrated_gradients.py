@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._docs import doc_params
 from .._keys import AttributionKeys
 from .._models import ModelRecord, read_record
 from .._results import record_params, write_results
@@ -385,7 +386,7 @@ def _check_arguments(
 
 
 def _default_stem(model_key: str, scvi_model: Any, key_added: str | None) -> str:
-    if key_added:
+    if key_added is not None:
         return key_added
     if scvi_model is not None and model_key == "vae":
         return "ig_scvi"
@@ -495,6 +496,7 @@ def _group_means_entry(
     }
 
 
+@doc_params
 def integrated_gradients(
     adata: AnnData,
     *,
@@ -596,8 +598,7 @@ def integrated_gradients(
         Seeds the weight draws of a Bayesian classifier and the ``max_cells`` subset.
     key_added
         Stem of the output keys; default ``"ig_<model_key>"``.
-    copy
-        Return a new AnnData instead of writing into ``adata``.
+    {copy_doc}
 
     Returns
     -------

@@ -8,6 +8,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._checks import check_choice, check_int
+from .._docs import doc_params
 from .._keys import LoadingsKeys
 from .._results import record_params, write_results
 from ._common import apply_stored_model, check_copy, check_uns_free, resolve_device_seed, top_genes_entry
@@ -29,6 +30,7 @@ def _from_scvi(adata: AnnData, scvi_model: Any) -> tuple[np.ndarray, np.ndarray]
     return loadings.loc[adata.var_names].to_numpy(), np.asarray(scvi_model.get_latent_representation(adata))
 
 
+@doc_params
 def ldvae_loadings(
     adata: AnnData,
     *,
@@ -82,8 +84,7 @@ def ldvae_loadings(
         Seed of the training when a model is trained here; ``None`` follows ``dgm.settings.seed``.
     key_added
         Stem of the output keys.
-    copy
-        Return a new AnnData instead of writing into ``adata``.
+    {copy_doc}
     **vae_kwargs
         Arguments of :func:`scdgm.tl.vae` when a model is trained here (``n_latent``, ``likelihood``,
         ``max_epochs``, ``loadings_l1``, ...); ``decoder`` is always ``"linear"`` and ``loadings_l1``
@@ -91,7 +92,7 @@ def ldvae_loadings(
 
     Returns
     -------
-    ``None``, or a new AnnData when ``copy=True``, with these fields written:
+    {returns_doc}
 
     ``.varm["<key_added>_loadings"]``
         Genes x factors, rotated (when asked), oriented and ordered.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -12,18 +11,34 @@ from anndata import AnnData
 
 from .._checks import check_choice, check_fraction, check_int, check_number
 from .._choices import COUNT_LIKELIHOODS, DECODERS, DISPERSIONS, KINDS, LIKELIHOODS
+from .._docs import doc_params
 from .._keys import ModelKeys
 from .._models import ModelRecord
 from .._results import record_params, write_results
 from .._settings import logger
-from ._common import check_copy, resolve_device_seed
+from ._common import ToolOptions, check_copy, resolve_device_seed
 
 if TYPE_CHECKING:
     from ..data import PreparedData
 
 
+# the options that build the VAEModule, by the module's own argument names
+_MODULE_ARGUMENTS = (
+    "n_latent",
+    "n_hidden",
+    "n_layers",
+    "kind",
+    "likelihood",
+    "decoder",
+    "dropout",
+    "dispersion",
+    "corruption",
+    "loadings_l1",
+)
+
+
 @dataclass(frozen=True)
-class VAEOptions:
+class VAEOptions(ToolOptions):
     """The arguments of :func:`vae` that shape the model and its training (all but where it runs and writes)."""
 
     layer: str | None = None
@@ -50,12 +65,6 @@ class VAEOptions:
     devices: int = 1
     precision: str = "32-true"
 
-    @classmethod
-    def from_arguments(cls, arguments: Mapping[str, Any]) -> VAEOptions:
-        """The options among ``arguments`` (a tool's ``locals()``); other names are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in arguments.items() if k in names})
-
     @property
     def counts(self) -> bool:
         """Whether the likelihood needs raw counts."""
@@ -63,7 +72,7 @@ class VAEOptions:
 
     def check(self) -> None:
         """Refuse bad arguments before any data is read."""
-        from ..train import check_training_options
+        from ..train import TrainingOptions
 
         check_choice("kind", self.kind, KINDS)
         check_choice("likelihood", self.likelihood, LIKELIHOODS)
@@ -71,18 +80,7 @@ class VAEOptions:
         check_choice("dispersion", self.dispersion, DISPERSIONS)
         for name in ("n_latent", "n_hidden", "n_layers"):
             check_int(name, getattr(self, name))
-        check_training_options(
-            batch_size=self.batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            beta=self.beta,
-            patience=self.patience,
-            max_epochs=self.max_epochs,
-            kl_warmup_epochs=self.kl_warmup_epochs,
-            early_stopping=self.early_stopping,
-            precision=self.precision,
-            devices=self.devices,
-        )
+        TrainingOptions.of(self).check()
         check_fraction("validation_fraction", self.validation_fraction)
         check_fraction("dropout", self.dropout)
         check_fraction("corruption", self.corruption)
@@ -110,6 +108,7 @@ def _check_binary(data: PreparedData) -> None:
         raise ValueError(msg)
 
 
+@doc_params
 def vae(
     adata: AnnData,
     *,
@@ -206,12 +205,11 @@ def vae(
         machine gives the same latent space. ``None`` follows ``dgm.settings.seed``.
     key_added
         Stem of the output keys.
-    copy
-        Return a new AnnData instead of writing into ``adata``.
+    {copy_doc}
 
     Returns
     -------
-    ``None``, or a new AnnData when ``copy=True``, with these fields written:
+    {returns_doc}
 
     ``.obsm["X_<key_added>"]``
         Posterior means of the latent space (cells x ``n_latent``); the code itself for ``ae``/``dae``.
@@ -273,7 +271,7 @@ def train_vae(adata: AnnData, options: VAEOptions, *, device: str | None, seed: 
     """Check ``options``, read the data, train a :class:`~scdgm.modules.VAEModule` and collect the results unwritten."""
     from ..data import prepare_data, split_indices
     from ..modules import VAEModule
-    from ..train import predict_cells, seeded, train_module
+    from ..train import TrainingOptions, predict_cells, seeded, train_module
 
     options.check()
     device, seed = resolve_device_seed(device, seed)
@@ -290,36 +288,14 @@ def train_vae(adata: AnnData, options: VAEOptions, *, device: str | None, seed: 
     train_idx, val_idx = split_indices(data.n_obs, validation_fraction=options.validation_fraction, seed=seed)
     n_batch = data.encodings["batch"].n_categories if "batch" in data.encodings else 0
     with seeded(seed, device):
-        module = VAEModule(
-            data.n_vars,
-            n_batch=n_batch,
-            n_latent=options.n_latent,
-            n_hidden=options.n_hidden,
-            n_layers=options.n_layers,
-            kind=options.kind,
-            likelihood=options.likelihood,
-            decoder=options.decoder,
-            dropout=options.dropout,
-            dispersion=options.dispersion,
-            corruption=options.corruption,
-            loadings_l1=options.loadings_l1,
-        )
+        module = VAEModule(data.n_vars, n_batch=n_batch, **{name: getattr(options, name) for name in _MODULE_ARGUMENTS})
         trained = train_module(
             module,
             data,
             train_idx,
             val_idx,
+            TrainingOptions.of(options),
             device=device,
-            batch_size=options.batch_size,
-            max_epochs=options.max_epochs,
-            kl_warmup_epochs=options.kl_warmup_epochs,
-            lr=options.lr,
-            weight_decay=options.weight_decay,
-            beta=options.beta,
-            early_stopping=options.early_stopping,
-            patience=options.patience,
-            devices=options.devices,
-            precision=options.precision,
             seed=seed,
             variational=options.kind == "vae",
             description=f"{options.kind} ({options.likelihood})",

@@ -219,9 +219,17 @@ def fit(
     import torch.multiprocessing
     from lightning.fabric import Fabric
 
-    if max_epochs < 1:
-        msg = f"max_epochs must be at least 1, not {max_epochs}."
-        raise ValueError(msg)
+    from .._checks import check_int, check_number
+    from ._run import check_precision
+
+    # The tools check these too; fit is public, and lr=0 would otherwise "train" without a step.
+    max_epochs = check_int("max_epochs", max_epochs)
+    check_number("lr", lr, minimum=0.0, exclusive_minimum=True)
+    check_number("weight_decay", weight_decay, minimum=0.0)
+    check_number("beta", beta, minimum=0.0)
+    kl_warmup_epochs = check_int("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
+    check_int("patience", patience)
+    check_precision(precision, device)
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
         msg = f"devices must be a positive integer, not {devices!r}."
         raise ValueError(msg)
@@ -354,9 +362,14 @@ def _train(fabric: Any, module: Any, train: Any, validation: Any, options: _Opti
         try:
             sums, n_cells = _run_epoch(fmodule, train, train_step)
         except ValueError as error:
-            # Distributions refuse NaN parameters with a ValueError once the weights have diverged.
+            # Distributions refuse NaN parameters with a ValueError once the weights have diverged;
+            # its first line says which, the lines after it dump the whole parameter tensor. Any other
+            # ValueError is a fault of ours or of the input, and is raised as it is.
+            if not _diverged(module, error):
+                raise
+            reason = str(error).strip().splitlines()[0].rstrip(":") if str(error).strip() else type(error).__name__
             msg = (
-                f"Training diverged at epoch {epoch} ({error}). Lower lr (now {options.lr:g}) or check the "
+                f"Training diverged at epoch {epoch} ({reason}). Lower lr (now {options.lr:g}) or check the "
                 "input for extreme values."
             )
             raise TrainingError(msg) from error
@@ -406,6 +419,15 @@ def _train(fabric: Any, module: Any, train: Any, validation: Any, options: _Opti
     result.seconds = time.perf_counter() - start
     result.train_cells_per_second = train_cells / train_seconds if train_seconds > 0 else 0.0
     return result
+
+
+def _diverged(module: Any, error: ValueError) -> bool:
+    """Whether ``error`` comes from weights gone non-finite (or a distribution refusing the values they gave)."""
+    import torch
+
+    if "constraint" in str(error):
+        return True
+    return any(not bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
 def evaluate(module: torch.nn.Module, batches: Iterable[dict], *, kl_weight: float = 1.0) -> dict[str, float]:

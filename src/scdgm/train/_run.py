@@ -7,6 +7,7 @@ the same way for all of them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._checks import check_int, check_number
+from .._choices import PRECISIONS
 from ._fit import evaluate, fit, predict
 from ._schedule import default_kl_warmup_epochs, default_max_epochs
 
@@ -25,7 +27,8 @@ if TYPE_CHECKING:
 INFERENCE_BATCH_SIZE = 1024
 """Cells per batch when a trained module is applied (no gradients, so larger than training batches)."""
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+
+_RESOLVED_HERE = ("batch_size", "max_epochs", "kl_warmup_epochs")
 
 
 @dataclass
@@ -51,34 +54,59 @@ def resolve_schedule(
     return Schedule(epochs, warmup)
 
 
-def check_training_options(
-    *,
-    batch_size: Any,
-    lr: Any,
-    weight_decay: Any = 0.0,
-    beta: Any = 1.0,
-    patience: Any = 1,
-    max_epochs: Any = None,
-    kl_warmup_epochs: Any = None,
-    early_stopping: Any = True,
-    precision: str = "32-true",
-    devices: Any = 1,
-) -> None:
-    """Check the arguments every training tool shares, before any data is read."""
-    from .._checks import check_bool, check_choice
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How a module trains: the arguments every training tool shares, checked in one place.
 
-    check_int("batch_size", batch_size, minimum=2)  # BatchNorm needs two cells per batch
-    check_number("lr", lr, minimum=0.0, exclusive_minimum=True)
-    check_number("weight_decay", weight_decay, minimum=0.0)
-    check_number("beta", beta, minimum=0.0)
-    check_int("patience", patience)
-    check_bool("early_stopping", early_stopping)
-    check_choice("precision", precision, PRECISIONS)
-    check_int("devices", devices)
-    if max_epochs is not None:
-        check_int("max_epochs", max_epochs)
-    if kl_warmup_epochs is not None:
-        check_int("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
+    Attributes
+    ----------
+    batch_size
+        Cells per minibatch (at least 2: BatchNorm needs two cells).
+    max_epochs, kl_warmup_epochs
+        Run length and KL warm-up; ``None`` defaults through :func:`resolve_schedule`.
+    lr, weight_decay
+        Adam's step size (> 0) and L2 penalty.
+    beta
+        Weight of the KL term once warm-up ends.
+    early_stopping, patience
+        Stop when the held-out loss has not improved for ``patience`` epochs.
+    devices, precision
+        Data-parallel processes and Fabric precision.
+    """
+
+    batch_size: int = 128
+    max_epochs: int | None = None
+    kl_warmup_epochs: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta: float = 1.0
+    early_stopping: bool = True
+    patience: int = 30
+    devices: int = 1
+    precision: str = "32-true"
+
+    @classmethod
+    def of(cls, options: Any) -> TrainingOptions:
+        """The training options among the attributes of a tool's options (missing ones keep their defaults)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: getattr(options, name) for name in names if hasattr(options, name)})
+
+    def check(self) -> None:
+        """Refuse bad values before any data is read."""
+        from .._checks import check_bool, check_choice
+
+        check_int("batch_size", self.batch_size, minimum=2)  # BatchNorm needs two cells per batch
+        check_number("lr", self.lr, minimum=0.0, exclusive_minimum=True)
+        check_number("weight_decay", self.weight_decay, minimum=0.0)
+        check_number("beta", self.beta, minimum=0.0)
+        check_int("patience", self.patience)
+        check_bool("early_stopping", self.early_stopping)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_int("devices", self.devices)
+        if self.max_epochs is not None:
+            check_int("max_epochs", self.max_epochs)
+        if self.kl_warmup_epochs is not None:
+            check_int("kl_warmup_epochs", self.kl_warmup_epochs, minimum=0)
 
 
 def check_precision(precision: str, device: str) -> None:
@@ -88,19 +116,15 @@ def check_precision(precision: str, device: str) -> None:
         raise ValueError(msg)
 
 
-def check_split(n_train: int, batch_size: int, validation_fraction: float) -> None:
+def check_split(n_train: int, batch_size: int, n_validation: int) -> None:
     """Refuse a training set too small for the batches (and for BatchNorm, which needs two cells)."""
+    held_out = f"after holding out {n_validation} for validation" if n_validation else "(none held out for validation)"
     if n_train < 2:
-        msg = (
-            f"Only {n_train} cell(s) are left to train on after holding out validation_fraction="
-            f"{validation_fraction}: a model needs at least 2. Pass more cells or a lower validation_fraction."
-        )
+        advice = "Pass more cells" + (" or a lower validation_fraction" if n_validation else "")
+        msg = f"Only {n_train} cell(s) are left to train on {held_out}: a model needs at least 2. {advice}."
         raise ValueError(msg)
     if batch_size > n_train:
-        msg = (
-            f"batch_size={batch_size} is larger than the training set ({n_train} cells after holding out "
-            f"validation_fraction={validation_fraction}). Lower batch_size."
-        )
+        msg = f"batch_size={batch_size} is larger than the training set ({n_train} cells {held_out}). Lower batch_size."
         raise ValueError(msg)
 
 
@@ -132,18 +156,9 @@ def train_module(
     data: PreparedData,
     train_idx: np.ndarray,
     validation_idx: np.ndarray,
+    options: TrainingOptions,
     *,
     device: str,
-    batch_size: int,
-    max_epochs: int | None,
-    kl_warmup_epochs: int | None,
-    lr: float,
-    weight_decay: float = 0.0,
-    beta: float = 1.0,
-    early_stopping: bool = True,
-    patience: int = 30,
-    devices: int = 1,
-    precision: str = "32-true",
     seed: int = 0,
     variational: bool = True,
     description: str = "training",
@@ -161,11 +176,12 @@ def train_module(
         The prepared input.
     train_idx, validation_idx
         Rows of ``data`` to train on and to hold out (may be empty).
+    options
+        How to train (:class:`TrainingOptions`, already checked).
     device
         Resolved torch device.
-    batch_size, max_epochs, kl_warmup_epochs, lr, weight_decay, beta, early_stopping, patience, devices, precision, seed
-        As in :func:`~scdgm.train.fit`; ``max_epochs`` and ``kl_warmup_epochs`` default through
-        :func:`resolve_schedule`.
+    seed
+        Seeds the minibatch order (and the spawned processes of data-parallel training).
     variational
         Whether the module has a KL term to warm up (default warm-up length) or not (no warm-up).
     description
@@ -177,9 +193,10 @@ def train_module(
     """
     from ..data import BatchStore, MiniBatches
 
-    check_split(len(train_idx), batch_size, len(validation_idx) / max(data.n_obs, 1))
-    check_precision(precision, device)
-    schedule = resolve_schedule(len(train_idx), max_epochs, kl_warmup_epochs, variational=variational)
+    batch_size = options.batch_size
+    check_split(len(train_idx), batch_size, len(validation_idx))
+    check_precision(options.precision, device)
+    schedule = resolve_schedule(len(train_idx), options.max_epochs, options.kl_warmup_epochs, variational=variational)
     store = BatchStore.from_prepared(data, device)
     train = MiniBatches(
         store, train_idx, batch_size=batch_size, shuffle=True, seed=seed, drop_last=len(train_idx) > batch_size
@@ -189,22 +206,18 @@ def train_module(
         if len(validation_idx)
         else None
     )
+    # the options fit takes by the same name; the schedule is passed as resolved
+    passed = {k: v for k, v in dataclasses.asdict(options).items() if k not in _RESOLVED_HERE}
     result = fit(
         module.to(device),
         train,
         validation,
         max_epochs=schedule.max_epochs,
-        lr=lr,
-        weight_decay=weight_decay,
-        beta=beta,
         kl_warmup_epochs=schedule.kl_warmup_epochs,
-        early_stopping=early_stopping,
-        patience=patience,
         device=device,
-        devices=devices,
-        precision=precision,
         seed=seed,
         description=description,
+        **passed,
     )
     metrics: dict[str, Any] = {}
     for prefix, rows in (("validation", validation_idx), ("train", train_idx)):
