@@ -54,7 +54,14 @@ def attribute(adata, **kwargs) -> tuple[dict, float, bool]:
         dgm.tl.integrated_gradients(adata, groupby="cell_type", **kwargs)
     seconds = time.perf_counter() - start
     warned = any(issubclass(w.category, ScdgmWarning) and "incomplete" in str(w.message) for w in caught)
-    return adata.uns[f"ig_{kwargs['model_key']}"], seconds, warned
+    key = f"ig_{kwargs['model_key']}"
+    by_group = dgm.get.attributions(adata, key, group="all").pivot_table(
+        index=["group", "gene"], columns="target", values="attribution", sort=False
+    )
+    # {group: genes x targets}, genes in adata's order, targets in the model's
+    targets = list(adata.uns[key]["targets"])
+    means = {group: by_group.loc[group].loc[adata.var_names, targets].to_numpy() for group in by_group.index.levels[0]}
+    return {"group_means": means}, seconds, warned
 
 
 def run(setting: str, seed: int, args: argparse.Namespace) -> dict:

@@ -127,7 +127,8 @@ def main() -> None:
         for k in range(latent.shape[1]):
             means = {t: latent[(types == t).to_numpy(), k].mean() for t in types.cat.categories}
             best = max(means, key=means.get)
-            genes = ", ".join(adata.uns["ldvae"]["top_genes"][f"factor_{k}"]["positive"])
+            top = dgm.get.top_genes(adata, "ldvae", target=f"factor_{k}", direction="positive")
+            genes = ", ".join(top["gene"])
             pbmc_table.append({"factor": k, "top_genes": genes, "highest_in": best})
             print(f"| {k} | {genes} | {best} |")
     save("ldvae_programs", {"rows": rows, "args": vars(args), "pbmc68k_factors": pbmc_table})

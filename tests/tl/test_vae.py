@@ -313,3 +313,38 @@ def test_settings_device_is_the_default_device(simulated):
     with pytest.raises(ValueError, match="device='mps' was asked for"):
         dgm.tl.vae(simulated, **FAST)
     assert "vae" not in simulated.uns
+
+
+def test_mask_var_trains_on_the_chosen_genes_without_a_view(simulated):
+    simulated.var["chosen"] = np.arange(simulated.n_vars) % 2 == 0
+    before = simulated.X.copy()
+    dgm.tl.vae(simulated, mask_var="chosen", n_latent=2, n_hidden=8, max_epochs=2, batch_size=32, seed=0)
+    record = simulated.uns["vae"]["model"]
+    assert list(record["var_names"]) == list(simulated.var_names[simulated.var["chosen"].to_numpy()])
+    assert simulated.obsm["X_vae"].shape == (simulated.n_obs, 2)
+    assert simulated.uns["vae"]["params"]["mask_var"] == "chosen"
+    assert (simulated.X != before).nnz == 0
+    # the same genes through a view give the same model
+    view = simulated[:, simulated.var["chosen"].to_numpy()].copy()
+    dgm.tl.vae(view, n_latent=2, n_hidden=8, max_epochs=2, batch_size=32, seed=0)
+    np.testing.assert_allclose(view.obsm["X_vae"], simulated.obsm["X_vae"], atol=1e-5)
+    dgm.tl.denoise(simulated)
+    denoised = simulated.layers["vae_denoised"]
+    assert np.isnan(denoised[:, ~simulated.var["chosen"].to_numpy()]).all()
+    assert np.isfinite(denoised[:, simulated.var["chosen"].to_numpy()]).all()
+
+
+@pytest.mark.parametrize(
+    ("mask_var", "error", "match"),
+    [
+        ("nope", KeyError, "mask_var='nope' is not a column of adata.var"),
+        ("name", ValueError, "mask_var must be a boolean"),
+        (np.zeros(60, dtype=bool), ValueError, "mask_var selects no gene"),
+    ],
+)
+def test_bad_mask_var_is_refused(simulated, mask_var, error, match):
+    simulated.var["name"] = simulated.var_names.to_numpy()
+    keys = set(simulated.uns) | set(simulated.obsm)
+    with pytest.raises(error, match=match):
+        dgm.tl.vae(simulated, mask_var=mask_var, max_epochs=2)
+    assert set(simulated.uns) | set(simulated.obsm) == keys

@@ -340,6 +340,38 @@ def _iter_blocks(X: Any, chunk_size: int) -> Iterator[np.ndarray | sp.csr_matrix
         yield _load(X[start : min(start + chunk_size, n_obs)])
 
 
+def _var_mask(adata: AnnData, mask_var: str | np.ndarray | None, use_rep: str | None) -> np.ndarray | None:
+    """The boolean mask of genes ``mask_var`` names, refusing one that selects nothing or does not fit."""
+    if mask_var is None:
+        return None
+    if use_rep is not None:
+        msg = f"mask_var selects genes; it does not apply to use_rep={use_rep!r}."
+        raise ValueError(msg)
+    if isinstance(mask_var, str):
+        if mask_var not in adata.var.columns:
+            msg = (
+                f"mask_var={mask_var!r} is not a column of adata.var. Available columns: {list(adata.var.columns)}. "
+                "For highly variable genes run `sc.pp.highly_variable_genes` first."
+            )
+            raise KeyError(msg)
+        values = adata.var[mask_var].to_numpy()
+    else:
+        values = np.asarray(mask_var)
+    if values.dtype != bool or values.shape != (adata.n_vars,):
+        msg = f"mask_var must be a boolean .var column or array of {adata.n_vars} values, got dtype {values.dtype} and shape {values.shape}."
+        raise ValueError(msg)
+    if not values.any():
+        msg = "mask_var selects no gene."
+        raise ValueError(msg)
+    return values
+
+
+def _masked_library(X: Any, keep: np.ndarray, chunk_size: int) -> np.ndarray:
+    """Row sums over the kept genes, chunk by chunk."""
+    sums = [np.asarray(block[:, keep].sum(axis=1), dtype=np.float64).ravel() for block in _iter_blocks(X, chunk_size)]
+    return np.concatenate(sums)
+
+
 def _data_errors(scan: _Scan, source: str, counts: bool, obs_names: np.ndarray, library: np.ndarray) -> str | None:
     if scan.n_nonfinite:
         return (
@@ -418,6 +450,7 @@ def prepare_data(
     allow_missing_labels: bool = False,
     chunk_size: int = 10_000,
     feature_filter_advice: bool = True,
+    mask_var: str | np.ndarray | None = None,
 ) -> PreparedData:
     """Validate the input of a model and bring it to a :class:`PreparedData`; ``adata`` is not modified.
 
@@ -448,6 +481,10 @@ def prepare_data(
         Let cells without a label through, with code ``-1``.
     chunk_size
         Rows read at a time.
+    mask_var
+        Use only the genes where this boolean ``.var`` column (e.g. ``"highly_variable"``) or array is
+        true, as :func:`scanpy.pp.pca` does: no view of the AnnData is needed. Library sizes are
+        those of the kept genes.
     feature_filter_advice
         Advise removing all-zero features in the warning about them. ``False`` where the features are
         fixed by a trained model, which needs every one of them.
@@ -464,6 +501,7 @@ def prepare_data(
             msg = f"{name}={key!r} is not a column of adata.obs. Available columns: {list(adata.obs.columns)}."
             raise KeyError(msg)
     X, source, var_names = _select_input(adata, layer, use_rep)
+    keep = _var_mask(adata, mask_var, use_rep)
     if use_rep is None and not adata.var_names.is_unique:
         repeated = adata.var_names[adata.var_names.duplicated()].unique()
         msg = (
@@ -493,6 +531,10 @@ def prepare_data(
             scan.block(block, counts)
     library = np.concatenate(scan.row_sums)
     obs_names = adata.obs_names.to_numpy()
+    if keep is not None:
+        scan.gene_nonzero = np.where(keep, scan.gene_nonzero, 1)  # genes left out are not warned about
+        library = _masked_library(X, keep, int(chunk_size))
+        source = f"{source} (mask_var={mask_var if isinstance(mask_var, str) else 'array'})"
     error = _data_errors(scan, source, counts, obs_names, library)
     if error:
         raise ValueError(error)
@@ -506,7 +548,7 @@ def prepare_data(
         msg = f"{all_zero.size} features of {source} are zero in every cell (first: {_first(var_names[all_zero])}). {advice}"
         warnings.warn(msg, ScdgmWarning, stacklevel=2)
 
-    return PreparedData(
+    data = PreparedData(
         X=X,
         source=source,
         var_names=np.asarray(var_names),
@@ -518,3 +560,4 @@ def prepare_data(
         n_nonzero=scan.n_nonzero,
         chunk_size=int(chunk_size),
     )
+    return data if keep is None else data.select_features(np.flatnonzero(keep))

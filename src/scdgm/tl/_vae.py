@@ -42,6 +42,7 @@ class VAEOptions(ToolOptions):
     """The arguments of :func:`vae` that shape the model and its training (all but where it runs and writes)."""
 
     layer: str | None = None
+    mask_var: str | np.ndarray | None = None
     batch_key: str | None = None
     n_latent: int = 10
     n_hidden: int = 128
@@ -113,6 +114,7 @@ def vae(
     adata: AnnData,
     *,
     layer: str | None = None,
+    mask_var: str | np.ndarray | None = None,
     batch_key: str | None = None,
     n_latent: int = 10,
     n_hidden: int = 128,
@@ -154,6 +156,10 @@ def vae(
         normalised).
     layer
         Layer to read instead of ``.X``.
+    mask_var
+        Train on the genes where this boolean ``.var`` column (e.g. ``"highly_variable"`` from
+        :func:`scanpy.pp.highly_variable_genes`) or array is true, as :func:`scanpy.pp.pca` does. The
+        model then knows only those genes: :func:`scdgm.tl.denoise` writes NaN for the others.
     batch_key
         ``.obs`` column of batches; its one-hot code conditions encoder and decoder.
     n_latent, n_hidden, n_layers
@@ -275,7 +281,9 @@ def train_vae(adata: AnnData, options: VAEOptions, *, device: str | None, seed: 
 
     options.check()
     device, seed = resolve_device_seed(device, seed)
-    data = prepare_data(adata, layer=options.layer, counts=options.counts, batch_key=options.batch_key)
+    data = prepare_data(
+        adata, layer=options.layer, counts=options.counts, batch_key=options.batch_key, mask_var=options.mask_var
+    )
     if options.likelihood == "bernoulli":
         _check_binary(data)
     if options.n_latent >= data.n_vars:
@@ -310,6 +318,8 @@ def train_vae(adata: AnnData, options: VAEOptions, *, device: str | None, seed: 
     schedule = trained.schedule
     params = {
         **dataclasses.asdict(options),
+        # the genes themselves are in the model record; an array mask is not repeated here
+        "mask_var": options.mask_var if options.mask_var is None or isinstance(options.mask_var, str) else "array",
         "max_epochs": schedule.max_epochs,
         "kl_warmup_epochs": schedule.kl_warmup_epochs,
         "device": device,
