@@ -156,3 +156,27 @@ class ClassifierKeys(_Stem):
     def uns(self) -> str:
         """Params, classes, held-out metrics and the model: ``.uns["<stem>"]``."""
         return self.stem
+
+
+@dataclass(frozen=True)
+class SyntheticKeys(_Stem):
+    """Keys written by ``tl.generate`` (in the new AnnData of synthetic cells)."""
+
+    stem: str
+
+    @property
+    def uns(self) -> str:
+        """Provenance of the synthetic cells (model key, params, seed): ``.uns["<stem>"]``."""
+        return self.stem
+
+
+@dataclass(frozen=True)
+class QualityKeys(_Stem):
+    """Keys written by ``tl.synthetic_quality``."""
+
+    stem: str
+
+    @property
+    def uns(self) -> str:
+        """The table of quality metrics, with a real-vs-real control, and params: ``.uns["<stem>"]``."""
+        return self.stem

@@ -282,3 +282,34 @@ def test_history_of_a_trained_vae():
     assert "validation_elbo" in table
     assert table["epoch"].tolist() == [0, 1, 2]
     assert np.isfinite(get.metrics(adata)["validation_elbo"])
+
+
+def test_synthetic_quality_tidy_and_wide_survive_h5ad(stored, tmp_path):
+    comparison = np.array(["synthetic"] * 4 + ["control"] * 4, dtype=object)
+    group = np.array(["all", "all", GROUPS[1], GROUPS[1]] * 2, dtype=object)
+    metric = np.array(["mmd2", "classifier_auroc"] * 4, dtype=object)
+    stored.uns["quality"] = {
+        "comparison": comparison,
+        "group": group,
+        "metric": metric,
+        "value": np.arange(8.0),
+        "params": {"tool": "synthetic_quality"},
+    }
+    adata = _roundtrip(stored, tmp_path)
+    table = get.synthetic_quality(adata, "quality")
+    assert list(table.columns) == ["comparison", "group", "metric", "value"]
+    assert table["group"].tolist() == group.tolist()
+    assert table["value"].tolist() == list(range(8))
+    wide = get.synthetic_quality(adata, "quality", wide=True)
+    assert list(wide.columns) == ["comparison", "group", "mmd2", "classifier_auroc"]
+    assert wide[["comparison", "group"]].values.tolist() == [
+        ["synthetic", "all"],
+        ["synthetic", "CD4+/CD25 T Reg"],
+        ["control", "all"],
+        ["control", "CD4+/CD25 T Reg"],
+    ]
+    assert wide["classifier_auroc"].tolist() == [1.0, 3.0, 5.0, 7.0]
+    with pytest.raises(KeyError, match=re.escape("Run `dgm.tl.synthetic_quality(adata")):
+        get.synthetic_quality(adata)
+    with pytest.raises(KeyError, match=re.escape("lacks ['comparison'")):
+        get.synthetic_quality(adata, "vae")
