@@ -9,7 +9,12 @@ import numpy as np
 from anndata import AnnData
 
 # The .uns key each tool writes by default, to know when a hint needs ``key_added=``.
-_DEFAULT_KEYS = {"vae": "vae", "ldvae_loadings": "ldvae", "bayes_classify": "bayes"}
+_DEFAULT_KEYS = {
+    "vae": "vae",
+    "ldvae_loadings": "ldvae",
+    "bayes_classify": "bayes",
+    "synthetic_quality": "synthetic_quality",
+}
 
 
 def run_hint(key: str, tool: str, *extra: str) -> str:

@@ -4,6 +4,7 @@ from ._attributions import attributions
 from ._history import history
 from ._latent import latent
 from ._loadings import loadings
+from ._synthetic import synthetic
 from ._uncertainty import uncertainty
 
-__all__ = ["attributions", "history", "latent", "loadings", "uncertainty"]
+__all__ = ["attributions", "history", "latent", "loadings", "synthetic", "uncertainty"]
