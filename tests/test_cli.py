@@ -269,3 +269,22 @@ def test_version_from_python_m():
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == f"scdgm {dgm.__version__}"
+
+
+def test_generate_then_judge_the_synthetic_cells(trained, source, tmp_path, capsys):
+    synthetic = tmp_path / "synthetic.h5ad"
+    assert (
+        main(["generate", str(trained), str(synthetic), "--n-cells", "40", "--groupby", "cell_type", "--seed", "1"])
+        == 0
+    )
+    cells = ad.read_h5ad(synthetic)
+    assert cells.n_obs == 40 and list(cells.var_names) == list(ad.read_h5ad(trained).var_names)
+    assert cells.uns["synthetic"]["model_key"] == "vae" and "cell_type" in cells.obs
+    judged = tmp_path / "judged.h5ad"
+    capsys.readouterr()
+    args = ["synthetic_quality", str(synthetic), str(judged), "--reference", str(source), "--n-permutations", "20"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "classifier_auroc" in printed and "control" in printed
+    table = dgm.get.synthetic_quality(ad.read_h5ad(judged))
+    assert set(table["comparison"]) == {"synthetic", "control"}
