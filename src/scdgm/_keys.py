@@ -148,6 +148,16 @@ class ClassifierKeys(_Stem):
         return f"{self.stem}_unknown"
 
     @property
+    def unknown_score(self) -> str:
+        """How unlike every training class a cell is (higher: less alike): ``.obs["<stem>_unknown_score"]``."""
+        return f"{self.stem}_unknown_score"
+
+    @property
+    def unknown_pvalue(self) -> str:
+        """Conformal p-value of the unknown score against held-out known cells: ``.obs["<stem>_unknown_pvalue"]``."""
+        return f"{self.stem}_unknown_pvalue"
+
+    @property
     def proba(self) -> str:
         """Mean class probabilities: ``.obsm["<stem>_proba"]``."""
         return f"{self.stem}_proba"

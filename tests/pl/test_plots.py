@@ -62,6 +62,21 @@ def test_history_one_panel_per_term(trained):
     plt.close("all")
 
 
+def test_history_of_a_bayesian_classifier(trained):
+    dgm.tl.bayes_classify(trained, "cell_type", use_rep="X_vae", max_epochs=8, batch_size=64, num_samples=10, seed=0)
+    axes = dgm.pl.history(trained, key="bayes", show=False)
+    ylabels = {a.get_title(): a.get_ylabel() for a in axes}
+    assert ylabels == {
+        "kl": "KL(q(w) ‖ p(w)) / n_train",
+        "loss": "training objective per cell",
+        "nll": "label NLL per cell",
+    }
+    # the VAE keeps the latent KL label
+    vae_axes = dgm.pl.history(trained, key="vae", terms=["kl"], show=False)
+    assert vae_axes[0].get_ylabel() == "KL(q(z|x) ‖ p(z)) per cell"
+    plt.close("all")
+
+
 def test_history_errors(simulated, trained):
     with pytest.raises(KeyError, match="Train a model first"):
         dgm.pl.history(simulated)

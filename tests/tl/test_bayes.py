@@ -130,8 +130,12 @@ def test_writes_every_output(fitted):
     assert np.all(epistemic >= 0) and np.all(epistemic <= fitted.obs["bayes_entropy"].to_numpy() + 1e-6)
     assert epistemic.max() > 0
     threshold = entry["unknown_threshold"]
-    np.testing.assert_array_equal(fitted.obs["bayes_unknown"].to_numpy(), epistemic > threshold)
+    score = fitted.obs["bayes_unknown_score"].to_numpy()
+    np.testing.assert_array_equal(fitted.obs["bayes_unknown"].to_numpy(), score > threshold)
     assert fitted.obs["bayes_unknown"].dtype == bool
+    # the score is at least the epistemic uncertainty over its scale
+    scale = entry["novelty"]["epistemic_scale"]
+    assert np.all(score >= epistemic / scale - 1e-4)
 
     metrics = entry["metrics"]
     val = entry["split"]["validation_indices"]
@@ -144,11 +148,22 @@ def test_writes_every_output(fitted):
     assert metrics["accuracy"] > 0.8
     calibration = entry["calibration"]
     assert len(calibration["edges"]) == 16 and calibration["count"].sum() == len(val)
-    # default threshold: the 0.95 quantile of the held-out epistemic uncertainty
-    assert threshold == pytest.approx(np.quantile(epistemic[val], 0.95), rel=1e-5)
-    assert entry["unknown_threshold_source"] == "validation_quantile"
-    assert metrics["unknown_rate_validation"] == pytest.approx(np.mean(epistemic[val] > threshold))
-    assert 0 < metrics["unknown_rate_validation"] <= 0.1
+    # default threshold: conformal at alpha = 0.05 on the scores of half the held-out cells
+    calibration = np.sort(entry["novelty"]["calibration"])
+    assert len(calibration) == len(val) - len(val) // 2
+    assert np.all(np.min(np.abs(calibration[:, None] - score[val][None, :]), axis=1) < 1e-5)
+    m = int(np.floor(0.05 * (len(calibration) + 1))) - 1
+    if m < 0:  # 18 calibration cells cannot certify 5 %: nothing is flagged, and a warning says so
+        assert threshold == np.inf and not fitted.obs["bayes_unknown"].any()
+    else:
+        assert threshold == pytest.approx(calibration[len(calibration) - m - 1], rel=1e-5)
+    assert entry["unknown_threshold_source"] == "conformal" and entry["unknown_alpha"] == 0.05
+    assert metrics["unknown_rate_validation"] == pytest.approx(np.mean(score[val] > threshold))
+    pvalue = fitted.obs["bayes_unknown_pvalue"].to_numpy()
+    # in float32, as the scores are stored: a calibration cell's own score counts as "at least as high"
+    at_least = calibration.astype(np.float32)[None, :] >= score[:, None]
+    expected_p = (1 + at_least.sum(1)) / (len(calibration) + 1)
+    np.testing.assert_allclose(pvalue, expected_p, rtol=1e-5)
     params = entry["params"]
     assert params["labels_key"] == "label" and params["use_rep"] == "X_rep" and params["max_epochs"] == 30
     assert params["inference"] == "svi" and params["seed"] == 0 and "scdgm_version" in params
@@ -170,7 +185,7 @@ def test_user_threshold_and_copy(base):
     out = dgm.tl.bayes_classify(base, "label", use_rep="X_rep", unknown_threshold=0.0, copy=True, key_added="b", **FIT)
     assert _snapshot(base) == before
     assert out.uns["b"]["unknown_threshold"] == 0.0 and out.uns["b"]["unknown_threshold_source"] == "user"
-    np.testing.assert_array_equal(out.obs["b_unknown"], out.obs["b_epistemic"] > 0)
+    np.testing.assert_array_equal(out.obs["b_unknown"], out.obs["b_unknown_score"] > 0)
     assert "b_proba" in out.obsm and "b_pred" in out.obs
 
 
@@ -353,7 +368,8 @@ def test_nan_in_the_input(base):
     ("kwargs", "match"),
     [
         ({"inference": "mcmc"}, "inference='mcmc' is not supported"),
-        ({"unknown_quantile": 1.0}, "unknown_quantile must be a finite number in"),
+        ({"unknown_alpha": 1.0}, "unknown_alpha must be a finite number in"),
+        ({"unknown_label": ""}, "unknown_label must be a non-empty string"),
         ({"validation_fraction": 0.0}, "validation_fraction=0 leaves no held-out cells"),
         ({"unknown_threshold": -1.0}, "unknown_threshold must be a finite number >= 0"),
         ({"prior_scale": 0.0}, "prior_scale must be a finite number > 0"),
@@ -431,3 +447,70 @@ def test_a_diverging_classifier_raises_a_training_error(base):
     with pytest.raises(TrainingError, match=r"Training diverged at epoch 0 .*Lower lr \(now 1000\)"):
         dgm.tl.bayes_classify(base, "label", use_rep="X_rep", **{**FIT, "lr": 1e3})
     assert _snapshot(base) == before
+
+
+# --------------------------------------------------------------------------------------------------
+# knowing when it does not know
+def _novel(seed, n_cells=600):
+    """Cells of 4 types; type_3 is never labelled (unseen), 40 % of the others are unlabelled known cells."""
+    adata = dgm.datasets.simulate(n_cells, 40, n_cell_types=4, marker_fold_change=10.0, seed=seed)
+    log = np.log1p(adata.X.toarray())
+    centred = log - log.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    adata.obsm["X_rep"] = (centred @ vt[:6].T).astype(np.float32)
+    truth = adata.obs["cell_type"].astype(str).to_numpy()
+    rng = np.random.default_rng(seed)
+    unlabelled = (truth == "type_3") | (rng.random(adata.n_obs) < 0.4)
+    adata.obs["label"] = pd.Categorical(np.where(unlabelled, None, truth))
+    return adata, truth, unlabelled
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_known_cells_are_flagged_at_most_alpha_and_unseen_ones_mostly(seed):
+    adata, truth, unlabelled = _novel(seed)
+    dgm.tl.bayes_classify(adata, "label", use_rep="X_rep", validation_fraction=0.3, **{**FIT, "seed": seed})
+    flagged = adata.obs["bayes_unknown"].to_numpy()
+    known_new = unlabelled & (truth != "type_3")  # known types the classifier never saw these cells of
+    # conformal: at most alpha in expectation; 3 binomial standard errors of tolerance on ~140 cells
+    tolerance = 3 * np.sqrt(0.05 * 0.95 / known_new.sum())
+    assert flagged[known_new].mean() <= 0.05 + tolerance
+    # the unseen type is flagged several times as often (its cells lie between or beyond the known ones)
+    assert flagged[truth == "type_3"].mean() >= 5 * 0.05
+    from scdgm._metrics import auroc
+
+    score = adata.obs["bayes_unknown_score"].to_numpy()
+    assert auroc(score[unlabelled], truth[unlabelled] == "type_3") >= 0.8
+
+
+def test_unknown_label_and_colours():
+    adata, truth, _ = _novel(0, n_cells=300)
+    adata.obs["label"] = adata.obs["label"].cat.set_categories(["type_0", "type_1", "type_2"])
+    adata.uns["label_colors"] = np.asarray(["#ff0000", "#00ff00", "#0000ff"], dtype=object)
+    dgm.tl.bayes_classify(adata, "label", use_rep="X_rep", unknown_label="unknown", **FIT)
+    pred = adata.obs["bayes_pred"]
+    assert list(pred.cat.categories) == ["type_0", "type_1", "type_2", "unknown"]
+    np.testing.assert_array_equal(pred.to_numpy() == "unknown", adata.obs["bayes_unknown"].to_numpy())
+    assert list(adata.uns["bayes_pred_colors"]) == ["#ff0000", "#00ff00", "#0000ff", "#b3b3b3"]
+    with pytest.raises(ValueError, match="unknown_label='type_0' is one of the classes"):
+        dgm.tl.bayes_classify(adata, "label", use_rep="X_rep", unknown_label="type_0", key_added="x", **FIT)
+
+
+def test_predict_scores_new_cells_as_the_reference_does(fitted):
+    query = fitted[fitted.obs["hidden"].to_numpy()].copy()
+    dgm.tl.bayes_predict(query, fitted, key_added="q", seed=0)
+    hidden = fitted.obs["hidden"].to_numpy()
+    # cells the classifier did not train on get the same score, p-value and flag
+    np.testing.assert_allclose(query.obs["q_unknown_score"], fitted.obs["bayes_unknown_score"][hidden], rtol=1e-5)
+    np.testing.assert_allclose(query.obs["q_unknown_pvalue"], fitted.obs["bayes_unknown_pvalue"][hidden], rtol=1e-6)
+    assert query.uns["q"]["unknown_threshold_source"] == "reference"
+    strict = dgm.tl.bayes_predict(query, fitted, key_added="s", unknown_alpha=0.5, copy=True)
+    assert strict.uns["s"]["unknown_threshold_source"] == "conformal"
+    assert strict.obs["s_unknown"].sum() >= query.obs["q_unknown"].sum()
+
+
+def test_early_stopping_watches_the_held_out_label_nll(fitted):
+    entry = fitted.uns["bayes"]
+    assert entry["metrics"]["monitor"] == "nll"
+    history = entry["history"]
+    # the kept epoch is the one of lowest held-out NLL (ties aside), from the first epoch on
+    assert entry["metrics"]["best_epoch"] == int(np.argmin(history["validation_nll"]))

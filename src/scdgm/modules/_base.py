@@ -89,9 +89,17 @@ class BaseModule(torch.nn.Module):
     ----------
     init_kwargs
         Constructor arguments, keyword by keyword.
+    early_stopping_term
+        The loss term whose held-out value early stopping watches; ``None``: the negative ELBO
+        (``"elbo"``) where the module reports one, else ``"loss"``.
+    early_stopping_during_warmup
+        Whether that term may pick the kept epoch during KL warm-up: only where the KL weight does not
+        enter it.
     """
 
     init_kwargs: dict[str, Any]
+    early_stopping_term: str | None = None
+    early_stopping_during_warmup: bool = False
 
     def forward(self, batch: dict[str, torch.Tensor], kl_weight: float = 1.0) -> LossOutput:
         """Loss of one minibatch.

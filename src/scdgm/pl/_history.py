@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,21 @@ _LABELS = {
     "loss": "training objective per cell",
     "penalty": "penalty on the parameters per cell",
 }
+# A Bayesian classifier's KL is between the weights' guide and prior, spread over the training cells.
+_CLASSIFIER_LABELS = {
+    **_LABELS,
+    "nll": "label NLL per cell",
+    "kl": "KL(q(w) ‖ p(w)) / n_train",
+}
+
+
+def _labels(entry: dict[str, Any]) -> dict[str, str]:
+    model = entry.get("model")
+    class_name = model.get("class_name") if isinstance(model, Mapping) else None
+    tool = entry.get("params", {}).get("tool")
+    if class_name == "BayesianClassifierModule" or tool == "bayes_classify":
+        return _CLASSIFIER_LABELS
+    return _LABELS
 
 
 def history(
@@ -51,7 +67,8 @@ def history(
     Returns
     -------
     The list of Axes (one per term), the Figure with ``return_fig=True``, or ``None`` when shown.
-    The kept epoch is marked with a dotted line, the KL warm-up shaded.
+    The kept epoch is marked with a dotted line, the KL warm-up shaded. The y labels name each term;
+    for :func:`scdgm.tl.bayes_classify` the KL is that of the weights, divided by the training cells.
 
     Examples
     --------
@@ -78,6 +95,7 @@ def history(
     metrics = entry.get("metrics", {})
     best = metrics.get("best_epoch")
     warm = entry.get("params", {}).get("kl_warmup_epochs", 0) or 0
+    labels = _labels(entry)
     for term, panel in zip(terms, axes, strict=True):
         panel.plot(epochs, hist[f"train_{term}"], label="train")
         if f"validation_{term}" in hist:
@@ -87,7 +105,7 @@ def history(
         if best is not None:
             panel.axvline(int(best), color="0.3", linestyle=":", label="kept epoch")
         panel.set_xlabel("epoch")
-        panel.set_ylabel(_LABELS.get(term, term))
+        panel.set_ylabel(labels.get(term, term))
         if log:
             panel.set_yscale("log")
         panel.set_title(term)

@@ -43,7 +43,8 @@ class ClassifierOptions(ToolOptions):
     num_samples: int = 200
     num_warmup: int = 300
     unknown_threshold: float | None = None
-    unknown_quantile: float = 0.95
+    unknown_alpha: float = 0.05
+    unknown_label: str | None = None
     validation_fraction: float = 0.2
     max_epochs: int | None = None
     kl_warmup_epochs: int | None = None
@@ -64,14 +65,14 @@ class ClassifierOptions(ToolOptions):
         TrainingOptions.of(self).check()
         check_fraction("validation_fraction", self.validation_fraction)
         check_number(
-            "unknown_quantile",
-            self.unknown_quantile,
+            "unknown_alpha",
+            self.unknown_alpha,
             minimum=0.0,
             maximum=1.0,
             exclusive_minimum=True,
             exclusive_maximum=True,
         )
-        _check_prediction(self.num_samples, self.unknown_threshold)
+        _check_prediction(self.num_samples, self.unknown_threshold, self.unknown_label)
         if self.validation_fraction == 0 and self.unknown_threshold is None:
             msg = (
                 "validation_fraction=0 leaves no held-out cells to set the unknown threshold from "
@@ -80,10 +81,13 @@ class ClassifierOptions(ToolOptions):
             raise ValueError(msg)
 
 
-def _check_prediction(num_samples: Any, unknown_threshold: Any) -> None:
+def _check_prediction(num_samples: Any, unknown_threshold: Any, unknown_label: Any = None) -> None:
     check_int("num_samples", num_samples)
     if unknown_threshold is not None:
         check_number("unknown_threshold", unknown_threshold, minimum=0.0)
+    if unknown_label is not None and (not isinstance(unknown_label, str) or not unknown_label):
+        msg = f"unknown_label must be a non-empty string (the category of flagged cells), not {unknown_label!r}."
+        raise ValueError(msg)
 
 
 def _predictive(module: Any, data: PreparedData, *, num_samples: int, device: str, seed: int) -> dict[str, np.ndarray]:
@@ -111,16 +115,56 @@ def _predictive(module: Any, data: PreparedData, *, num_samples: int, device: st
 
 
 def _obs_outputs(
-    keys: ClassifierKeys, result: dict[str, np.ndarray], classes: list[str], threshold: float, index: pd.Index
+    keys: ClassifierKeys,
+    result: dict[str, np.ndarray],
+    classes: list[str],
+    unknown: dict[str, np.ndarray],
+    unknown_label: str | None,
+    index: pd.Index,
 ) -> dict[str, Any]:
-    pred = pd.Categorical.from_codes(result["pred"], categories=classes)
+    flagged = unknown["flag"]
+    if unknown_label is None:
+        pred = pd.Categorical.from_codes(result["pred"], categories=classes)
+    else:
+        if unknown_label in classes:
+            msg = f"unknown_label={unknown_label!r} is one of the classes; pick a name no class has."
+            raise ValueError(msg)
+        codes = np.where(flagged, len(classes), result["pred"])
+        pred = pd.Categorical.from_codes(codes, categories=[*classes, unknown_label])
     return {
         keys.pred: pd.Series(pred, index=index),
         keys.confidence: result["confidence"].astype(np.float32),
         keys.entropy: result["entropy"].astype(np.float32),
         keys.epistemic: result["epistemic"].astype(np.float32),
-        keys.unknown: result["epistemic"] > threshold,
+        keys.unknown_score: unknown["score"].astype(np.float32),
+        keys.unknown_pvalue: unknown["pvalue"].astype(np.float32),
+        keys.unknown: flagged,
     }
+
+
+def _coordinates(module: Any, data: PreparedData, device: str) -> np.ndarray:
+    """Cells along the classifier's leading principal axes (standardised inputs): where distances are measured."""
+    from .._novelty import MAX_AXES
+    from ..train import predict_cells
+
+    return predict_cells(module, data, lambda m, b: m.standardize(b["x"])[:, :MAX_AXES], device=device)
+
+
+def _flags(scorer: Any, scores: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    return {"score": scores, "pvalue": scorer.pvalues(scores), "flag": scores > threshold}
+
+
+def _pred_colors(adata: AnnData, labels_key: str | None, classes: list[str], unknown_label: str | None) -> list | None:
+    """The colours of the labels in ``.uns["<labels_key>_colors"]`` for the predicted categories (grey: unknown)."""
+    if labels_key is None or f"{labels_key}_colors" not in adata.uns or labels_key not in adata.obs:
+        return None
+    column = adata.obs[labels_key]
+    categories = [str(c) for c in column.cat.categories] if isinstance(column.dtype, pd.CategoricalDtype) else []
+    colors = list(np.asarray(adata.uns[f"{labels_key}_colors"]).astype(str))
+    if len(colors) != len(categories) or not set(classes) <= set(categories):
+        return None
+    by_label = dict(zip(categories, colors, strict=True))
+    return [by_label[c] for c in classes] + (["#b3b3b3"] if unknown_label is not None else [])
 
 
 @doc_params
@@ -138,7 +182,8 @@ def bayes_classify(
     num_samples: int = 200,
     num_warmup: int = 300,
     unknown_threshold: float | None = None,
-    unknown_quantile: float = 0.95,
+    unknown_alpha: float = 0.05,
+    unknown_label: str | None = None,
     validation_fraction: float = 0.2,
     max_epochs: int | None = None,
     kl_warmup_epochs: int | None = None,
@@ -162,11 +207,20 @@ def bayes_classify(
     features, use :func:`scdgm.tl.bayes_predict`.
 
     The labelled cells are split, stratified by class, into training and held-out cells. The held-out
-    cells pick the epoch kept (early stopping), give the metrics in ``.uns`` and set the default
-    threshold of ``unknown``: the ``unknown_quantile`` quantile of their epistemic uncertainty, so that
-    about ``1 - unknown_quantile`` (5 %) of cells of known types are flagged (the rate realised on the
-    held-out cells is recorded). The model is not refitted on all labelled cells afterwards, so the
-    stored model is exactly the one that the metrics and the threshold describe.
+    cells pick the epoch kept (early stopping on their predictive negative log-likelihood of the labels,
+    not on the KL-annealed objective), give the metrics in ``.uns`` and calibrate the ``unknown`` flag.
+    The model is not refitted on all labelled cells afterwards, so the stored model is exactly the one
+    that the metrics and the calibration describe.
+
+    Cells unlike every training class get a high ``unknown_score``: the larger of (a) the mean distance
+    to the 10 nearest training cells, along the classifier's leading principal axes of the standardised
+    inputs (up to 50), and (b) the epistemic uncertainty, each divided by its 95 % quantile on the
+    held-out cells (a random half of them; the training cells' own epistemic uncertainty is too low to
+    set a scale). (a) catches cells far from all classes, where a mean-field network can stay
+    confident; (b) catches cells between classes. The other half of the held-out cells calibrates it: a
+    cell's conformal p-value is the share of them scoring at least as high, and ``unknown`` flags
+    ``p <= unknown_alpha``, so at most a share ``unknown_alpha`` of new cells of known types (exchangeable
+    with the held-out ones) is flagged.
 
     Parameters
     ----------
@@ -205,11 +259,13 @@ def bayes_classify(
     num_warmup
         NUTS warm-up (adaptation) steps.
     unknown_threshold
-        Epistemic uncertainty (nats) above which a cell is flagged unknown. ``None``: from the held-out
-        cells, see ``unknown_quantile``.
-    unknown_quantile
-        Quantile of the held-out epistemic uncertainty used as the default threshold; about
-        ``1 - unknown_quantile`` of cells of known types are flagged.
+        ``unknown_score`` above which a cell is flagged unknown, instead of the conformal threshold
+        that ``unknown_alpha`` sets.
+    unknown_alpha
+        Share of cells of known types that may be flagged unknown (the conformal guarantee).
+    unknown_label
+        Name of a category of ``.obs["<key_added>_pred"]`` that flagged cells get instead of a class;
+        ``None`` keeps their predicted class (the flag is in ``.obs["<key_added>_unknown"]`` either way).
     validation_fraction
         Share of labelled cells of each class held out.
     max_epochs
@@ -243,8 +299,13 @@ def bayes_classify(
     ``.obs["<key_added>_epistemic"]``
         Epistemic uncertainty: the mutual information between the label and the weights (nats),
         high where the weight draws disagree, e.g. for cell types absent from training.
+    ``.obs["<key_added>_unknown_score"]``
+        How unlike every training class a cell is (see above; 1 is the 95 % quantile of the training cells).
+    ``.obs["<key_added>_unknown_pvalue"]``
+        Conformal p-value of the score against the held-out known cells (NaN without held-out cells).
     ``.obs["<key_added>_unknown"]``
-        ``True`` where the epistemic uncertainty exceeds the threshold.
+        ``True`` where the score exceeds ``unknown_threshold`` (by default: where the p-value is at most
+        ``unknown_alpha``).
     ``.obsm["<key_added>_proba"]``
         Mean class probabilities (cells x classes, columns in the order of ``classes``).
     ``.uns["<key_added>"]["params"]``
@@ -260,7 +321,13 @@ def bayes_classify(
         Held-out reliability diagram: ``edges``, ``confidence``, ``accuracy``, ``count`` per bin
         (read it with :func:`scdgm.get.calibration`).
     ``.uns["<key_added>"]["unknown_threshold"]``
-        The threshold used, and ``["unknown_threshold_source"]``: ``"validation_quantile"`` or ``"user"``.
+        The score threshold used, with ``["unknown_threshold_source"]`` (``"conformal"`` or ``"user"``) and
+        ``["unknown_alpha"]``.
+    ``.uns["<key_added>"]["novelty"]``
+        What scores new cells: the training cells' coordinates, the two scales and the held-out
+        calibration scores; :func:`scdgm.tl.bayes_predict` uses it.
+    ``.uns["<key_added>_pred_colors"]``
+        When ``.uns["<labels_key>_colors"]`` exists: the colours of the predicted categories.
     ``.uns["<key_added>"]["history"]``
         Per-epoch ``train_*`` / ``validation_*`` ``nll``, ``kl`` and ``loss`` per cell (SVI only).
     ``.uns["<key_added>"]["model"]``
@@ -286,11 +353,12 @@ def bayes_classify(
     options = ClassifierOptions.from_arguments(locals())
     run = train_classifier(adata, labels_key, options, device=device, seed=seed)
     adata = adata.copy() if copy else adata
+    colors = _pred_colors(adata, labels_key, run.classes, options.unknown_label)
     write_results(
         adata,
-        obs=_obs_outputs(keys, run.result, run.classes, run.threshold, adata.obs_names),
+        obs=_obs_outputs(keys, run.result, run.classes, run.unknown, options.unknown_label, adata.obs_names),
         obsm={keys.proba: run.result["proba"].astype(np.float32)},
-        uns={keys.uns: run.uns},
+        uns={keys.uns: run.uns, **({f"{keys.pred}_colors": colors} if colors else {})},
     )
     return adata if copy else None
 
@@ -350,7 +418,7 @@ class ClassifierRun:
 
     result: dict[str, np.ndarray]
     classes: list[str]
-    threshold: float
+    unknown: dict[str, np.ndarray]
     uns: dict[str, Any]
     module: Any
 
@@ -431,13 +499,33 @@ def train_classifier(
     if len(val_idx):
         metrics.update(classification_metrics(result["proba"][val_idx], codes[val_idx]))
         calibration = calibration_bins(result["proba"][val_idx], codes[val_idx])
+    from .._novelty import NoveltyScorer
+
+    coordinates = _coordinates(module, data, device)
+    # held-out cells: one half sets the scales of the score, the other calibrates its p-values
+    shuffled = np.random.default_rng(seed).permutation(val_idx)
+    scale_idx, calibration_idx = shuffled[: len(shuffled) // 2], shuffled[len(shuffled) // 2 :]
+    if len(scale_idx) == 0:  # no held-out cell: the training cells set the scales
+        scale_idx = train_idx
+    scorer = NoveltyScorer.fit(coordinates[train_idx], coordinates[scale_idx], result["epistemic"][scale_idx])
+    # training cells are measured without themselves, so their distances read like any other cell's
+    distances = scorer.distances(coordinates)
+    distances[train_idx] = scorer.distances(coordinates[train_idx], exclude_self=True)
+    scores = scorer.score(distances, result["epistemic"])
+    scorer.calibrate(scores[calibration_idx])
     if options.unknown_threshold is None:
-        threshold = float(np.quantile(result["epistemic"][val_idx], options.unknown_quantile))
-        source = "validation_quantile"
+        threshold, source = scorer.threshold(options.unknown_alpha), "conformal"
+        if not np.isfinite(threshold):
+            logger.warning(
+                f"    {len(calibration_idx)} calibration cells (half the held-out ones) are too few to flag at "
+                f"unknown_alpha={options.unknown_alpha}: "
+                "no cell is flagged (hold out more cells or raise unknown_alpha)"
+            )
     else:
         threshold, source = float(options.unknown_threshold), "user"
+    unknown = _flags(scorer, scores, threshold)
     if len(val_idx):
-        metrics["unknown_rate_validation"] = float(np.mean(result["epistemic"][val_idx] > threshold))
+        metrics["unknown_rate_validation"] = float(np.mean(unknown["flag"][val_idx]))
 
     params = record_params(
         "bayes_classify",
@@ -466,11 +554,13 @@ def train_classifier(
         "calibration": calibration,
         "unknown_threshold": threshold,
         "unknown_threshold_source": source,
+        "unknown_alpha": options.unknown_alpha,
+        "novelty": scorer.to_uns(),
         "history": history,
         "model": record.to_uns(),
         "split": {"validation_indices": val_idx.astype(np.int64)},
     }
-    return ClassifierRun(result, classes, threshold, uns, module)
+    return ClassifierRun(result, classes, unknown, uns, module)
 
 
 @doc_params
@@ -482,6 +572,8 @@ def bayes_predict(
     layer: str | None = None,
     num_samples: int | None = None,
     unknown_threshold: float | None = None,
+    unknown_alpha: float | None = None,
+    unknown_label: str | None = None,
     device: str | None = None,
     seed: int | None = None,
     key_added: str | None = None,
@@ -507,7 +599,13 @@ def bayes_predict(
     num_samples
         Weight draws of the posterior predictive; default as in training.
     unknown_threshold
-        Epistemic uncertainty above which a cell is flagged unknown; default the reference's threshold.
+        ``unknown_score`` above which a cell is flagged unknown; default the reference's threshold (or
+        the conformal one of ``unknown_alpha`` when given).
+    unknown_alpha
+        Share of cells of known types that may be flagged, against the reference's held-out calibration;
+        default the reference's.
+    unknown_label
+        Category of ``.obs["<key_added>_pred"]`` for flagged cells (see :func:`scdgm.tl.bayes_classify`).
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``; ``None`` follows ``dgm.settings.device``.
     seed
@@ -521,12 +619,13 @@ def bayes_predict(
     -------
     {returns_doc}
 
-    ``.obs["<key_added>_pred"]``, ``.obs["<key_added>_confidence"]``, ``.obs["<key_added>_entropy"]``, ``.obs["<key_added>_epistemic"]``, ``.obs["<key_added>_unknown"]``
+    ``.obs["<key_added>_pred"]``, ``.obs["<key_added>_confidence"]``, ``.obs["<key_added>_entropy"]``, ``.obs["<key_added>_epistemic"]``, ``.obs["<key_added>_unknown_score"]``, ``.obs["<key_added>_unknown_pvalue"]``, ``.obs["<key_added>_unknown"]``
         As in :func:`scdgm.tl.bayes_classify`.
     ``.obsm["<key_added>_proba"]``
         Mean class probabilities (cells x classes).
     ``.uns["<key_added>"]``
-        ``params`` of this call, ``classes``, ``unknown_threshold`` (and its source), and the
+        ``params`` of this call, ``classes``, ``unknown_threshold`` (and its source and
+        ``unknown_alpha``), the reference's ``novelty`` record, and the
         reference's ``model``, held-out ``metrics`` and ``calibration``, so the result is self-contained.
 
     Examples
@@ -547,7 +646,17 @@ def bayes_predict(
         raise KeyError(msg)
     trained_params = dict(entry.get("params", {}))
     num_samples = int(trained_params.get("num_samples", 200)) if num_samples is None else num_samples
-    _check_prediction(num_samples, unknown_threshold)
+    _check_prediction(num_samples, unknown_threshold, unknown_label)
+    if unknown_alpha is not None:
+        check_number(
+            "unknown_alpha", unknown_alpha, minimum=0.0, maximum=1.0, exclusive_minimum=True, exclusive_maximum=True
+        )
+    if "novelty" not in entry:
+        msg = (
+            f"The classifier in .uns[{key!r}] of the reference was trained by an earlier scdgm, which stored no "
+            "novelty calibration. Train it again with `dgm.tl.bayes_classify`."
+        )
+        raise KeyError(msg)
     stem = key_added
     if stem is None:
         stem = key
@@ -561,16 +670,26 @@ def bayes_predict(
     applied = apply_stored_model(adata, key, device=device, source=reference, layer=layer)
     result = _predictive(applied.module, applied.data, num_samples=num_samples, device=device, seed=seed)
     classes = [str(c) for c in np.asarray(entry["classes"]).tolist()]
-    if unknown_threshold is None:
-        threshold, source = float(entry["unknown_threshold"]), "reference"
-    else:
+    from .._novelty import NoveltyScorer
+
+    scorer = NoveltyScorer.from_uns(entry["novelty"])
+    scores = scorer.score(scorer.distances(_coordinates(applied.module, applied.data, device)), result["epistemic"])
+    alpha = float(entry.get("unknown_alpha", 0.05)) if unknown_alpha is None else float(unknown_alpha)
+    if unknown_threshold is not None:
         threshold, source = float(unknown_threshold), "user"
+    elif unknown_alpha is not None:
+        threshold, source = scorer.threshold(alpha), "conformal"
+    else:
+        threshold, source = float(entry["unknown_threshold"]), "reference"
+    unknown = _flags(scorer, scores, threshold)
     params = record_params(
         "bayes_predict",
         key=key,
         layer=layer,
         num_samples=num_samples,
         unknown_threshold=unknown_threshold,
+        unknown_alpha=unknown_alpha,
+        unknown_label=unknown_label,
         device=device,
         seed=seed,
     )
@@ -579,6 +698,8 @@ def bayes_predict(
         "classes": np.asarray(classes, dtype=object),
         "unknown_threshold": threshold,
         "unknown_threshold_source": source,
+        "unknown_alpha": alpha,
+        "novelty": dict(entry["novelty"]),
         "metrics": dict(entry.get("metrics", {})),
         "calibration": dict(entry.get("calibration", {})),
         "model": applied.record.to_uns(),
@@ -586,7 +707,7 @@ def bayes_predict(
     adata = adata.copy() if copy else adata
     write_results(
         adata,
-        obs=_obs_outputs(keys, result, classes, threshold, adata.obs_names),
+        obs=_obs_outputs(keys, result, classes, unknown, unknown_label, adata.obs_names),
         obsm={keys.proba: result["proba"].astype(np.float32)},
         uns={keys.uns: uns},
     )

@@ -191,9 +191,11 @@ def fit(
         The KL weight rises linearly from 0 to ``beta`` over ``kl_warmup_epochs`` epochs (counted
         in steps, so it is smooth within an epoch).
     early_stopping, patience, min_delta
-        Stop when the validation monitor (negative ELBO where the module reports one, else the loss)
-        has not improved by ``min_delta`` for ``patience`` epochs after warm-up. The weights of the
-        best epoch are restored.
+        Stop when the validation monitor has not improved by ``min_delta`` for ``patience`` epochs
+        after warm-up. The monitor is the module's ``early_stopping_term`` where it names one (a
+        classifier's held-out label NLL, which the KL weight does not change, so it is watched from the
+        first epoch when ``early_stopping_during_warmup``), else the negative ELBO where the module
+        reports one, else the loss. The weights of the best epoch are restored.
     device
         Torch device string, already resolved (not ``"auto"``).
     devices
@@ -391,12 +393,14 @@ def _train(fabric: Any, module: Any, train: Any, validation: Any, options: _Opti
         history["kl_weight"].append(warmup.weight(max(step - 1, 0)))
         for name, value in means.items():
             history.setdefault(name, []).append(value)
-        result.monitor = "elbo" if "train_elbo" in means else "loss"
+        term = getattr(module, "early_stopping_term", None)
+        result.monitor = term or ("elbo" if "train_elbo" in means else "loss")
         prefix = "validation" if has_validation else "train"
         current = means[f"{prefix}_{result.monitor}"]
         bar.set_postfix({f"{prefix[:5]} {result.monitor}": f"{current:.4g}"}, refresh=False)
         result.n_epochs = epoch + 1
-        if not has_validation or not warmup.done(step - 1):
+        watch_now = warmup.done(step - 1) or getattr(module, "early_stopping_during_warmup", False)
+        if not has_validation or not watch_now:
             result.best_epoch = epoch
             continue
         if current < best_value - options.min_delta:
