@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 from anndata import AnnData
 
+from .._docs import doc_params
 from .._keys import AttributionKeys
 from ._utils import finish
 
@@ -45,6 +46,7 @@ def _top_genes(values: np.ndarray, magnitude: np.ndarray, n_top: int, rank_by: s
     return genes
 
 
+@doc_params
 def attributions(
     adata: AnnData,
     *,
@@ -87,10 +89,7 @@ def attributions(
         Diverging colormap, centred at zero.
     ax
         Axes to draw into.
-    show
-        Show the plot; ``None`` follows scanpy's ``autoshow``.
-    return_fig
-        Return the Figure instead of the Axes.
+    {show_doc}
 
     Returns
     -------

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
+from .._docs import doc_params
 from ._utils import finish, panels
 
 _LABELS = {
@@ -34,6 +35,7 @@ def _labels(entry: dict[str, Any]) -> dict[str, str]:
     return _LABELS
 
 
+@doc_params
 def history(
     adata: AnnData,
     *,
@@ -59,10 +61,7 @@ def history(
         Logarithmic y axis.
     ax
         Axes to draw into when a single term is drawn.
-    show
-        Show the plot; ``None`` follows scanpy's ``autoshow``.
-    return_fig
-        Return the Figure instead of the Axes.
+    {show_doc}
 
     Returns
     -------

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 from anndata import AnnData
 
+from .._docs import doc_params
 from .._keys import ModelKeys
 from .._settings import logger
 from ._utils import finish
@@ -38,6 +39,7 @@ def _project(latent: np.ndarray, method: str, *, n_neighbors: int, seed: int) ->
     return view.obsm["X_tsne"]
 
 
+@doc_params
 def latent(
     adata: AnnData,
     *,
@@ -75,10 +77,7 @@ def latent(
         Seed of the UMAP / t-SNE layout.
     ax
         Matplotlib Axes to draw into (one ``color`` only).
-    show
-        Show the plot; ``None`` follows scanpy's ``autoshow``.
-    return_fig
-        Return the Figure instead of the Axes.
+    {show_doc}
     **kwargs
         Passed on to :func:`scanpy.pl.embedding` (``palette``, ``legend_loc``, ``frameon``, ...), except
         ``basis``, which ``key`` and ``method`` choose.

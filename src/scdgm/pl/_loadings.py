@@ -7,10 +7,12 @@ from typing import Any, Literal
 import numpy as np
 from anndata import AnnData
 
+from .._docs import doc_params
 from .._keys import LoadingsKeys
 from ._utils import finish, panels
 
 
+@doc_params
 def loadings(
     adata: AnnData,
     *,
@@ -41,10 +43,7 @@ def loadings(
         Panels per row.
     ax
         Axes to draw into when one factor is drawn.
-    show
-        Show the plot; ``None`` follows scanpy's ``autoshow``.
-    return_fig
-        Return the Figure instead of the Axes.
+    {show_doc}
 
     Returns
     -------

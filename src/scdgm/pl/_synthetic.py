@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
-from ._utils import finish, panels
+from .._docs import doc_params
+from ._utils import chosen_kinds, finish, panels
 
 KINDS = ("correlation", "mean", "variance", "zero_fraction", "embedding", "log_odds")
 """Panels, in drawing order; ``"correlation"`` takes two (real, then synthetic), side by side in the first row."""
@@ -26,15 +27,6 @@ class _Pair:
     real_normalized: np.ndarray
     synthetic_normalized: np.ndarray
     kind: str
-
-
-def _kinds(kind: str | Sequence[str]) -> list[str]:
-    kinds = [kind] if isinstance(kind, str) else list(kind)
-    unknown = [k for k in kinds if k not in KINDS]
-    if not kinds or unknown:
-        msg = f"kind={kind!r} is not supported. Choose one or more of {list(KINDS)}."
-        raise ValueError(msg)
-    return kinds
 
 
 def _cells(
@@ -126,6 +118,7 @@ def _log_odds(ax: Any, pair: _Pair, genes: np.ndarray, threshold: float) -> None
     ax.set_title(ax.get_title().replace("per gene", "per gene pair"))
 
 
+@doc_params
 def synthetic(
     adata: AnnData,
     *,
@@ -174,10 +167,7 @@ def synthetic(
         Seeds the cells drawn and the PCA.
     ax
         Matplotlib Axes to draw into, for one panel (not ``"correlation"``, which takes two).
-    show
-        Show the plot; ``None`` follows scanpy's ``autoshow``.
-    return_fig
-        Return the Figure instead of the Axes.
+    {show_doc}
 
     Returns
     -------
@@ -197,7 +187,7 @@ def synthetic(
 
     from .._checks import check_int, check_number
 
-    kinds = _kinds(kind)
+    kinds = chosen_kinds(kind, KINDS)
     check_int("n_top_genes", n_top_genes, minimum=2)
     check_int("n_pcs", n_pcs, minimum=2)
     check_int("max_cells", max_cells, minimum=10)

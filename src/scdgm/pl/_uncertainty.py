@@ -8,9 +8,10 @@ from typing import Any, Literal
 import numpy as np
 from anndata import AnnData
 
+from .._docs import doc_params
 from .._keys import ClassifierKeys
 from .._models import ModelRecord
-from ._utils import finish, panels
+from ._utils import chosen_kinds, finish, panels
 
 KINDS = ("reliability", "embedding")
 VALUES = {
@@ -29,15 +30,6 @@ def _entry(adata: AnnData, key: str) -> dict[str, Any]:
         )
         raise KeyError(msg)
     return entry
-
-
-def _kinds(kind: str | Sequence[str]) -> list[str]:
-    kinds = [kind] if isinstance(kind, str) else list(kind)
-    unknown = [k for k in kinds if k not in KINDS]
-    if not kinds or unknown:
-        msg = f"kind={kind!r} is not supported. Choose one or both of {list(KINDS)}."
-        raise ValueError(msg)
-    return kinds
 
 
 def _check_value(value: str) -> None:
@@ -155,6 +147,7 @@ def _embedding(
     return latent(adata, key=str(use_rep)[2:], color=color, method=method, ax=panel, show=False, **kwargs)
 
 
+@doc_params
 def uncertainty(
     adata: AnnData,
     *,
@@ -209,10 +202,7 @@ def uncertainty(
         Colour of the accuracy bars.
     ax
         Matplotlib Axes to draw into, when one ``kind`` is drawn.
-    show
-        Show the plot; ``None`` follows scanpy's ``autoshow``.
-    return_fig
-        Return the Figure instead of the Axes.
+    {show_doc}
     **kwargs
         Passed on to :func:`scanpy.pl.embedding` for the embedding (``color_map``, ``vmin``, ``size``, ``title``, ...).
 
@@ -235,7 +225,7 @@ def uncertainty(
     import matplotlib.pyplot as plt
 
     entry = _entry(adata, key)
-    kinds = _kinds(kind)
+    kinds = chosen_kinds(kind, KINDS)
     _check_value(value)
     fig, axes = panels(
         len(kinds), ax, what="kinds", hint="pass kind='reliability' or 'embedding',", width=4.6, height=4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -55,3 +56,13 @@ def panels(
     for spare in axes[n:]:
         spare.set_visible(False)
     return fig, axes[:n]
+
+
+def chosen_kinds(kind: str | Sequence[str], allowed: Sequence[str]) -> list[str]:
+    """The panel kinds asked for, in order, or a ValueError listing the ones there are."""
+    kinds = [kind] if isinstance(kind, str) else list(kind)
+    unknown = [k for k in kinds if k not in allowed]
+    if not kinds or unknown:
+        msg = f"kind={kind!r} is not supported. Choose one or more of {list(allowed)}."
+        raise ValueError(msg)
+    return kinds

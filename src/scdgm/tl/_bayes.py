@@ -412,6 +412,22 @@ def _encoder_key(adata: AnnData, use_rep: str | None) -> str | None:
     return stem
 
 
+def _classifier_entry(
+    params: dict[str, Any], classes: list[str], unknown: tuple[float, str, float], novelty: dict, record: ModelRecord
+) -> dict[str, Any]:
+    """What both tools record in ``.uns[key]``: params, classes, how cells are flagged, and the model."""
+    threshold, source, alpha = unknown
+    return {
+        "params": params,
+        "classes": np.asarray(classes, dtype=object),
+        "unknown_threshold": threshold,
+        "unknown_threshold_source": source,
+        "unknown_alpha": alpha,
+        "novelty": novelty,
+        "model": record.to_uns(),
+    }
+
+
 @dataclass
 class ClassifierRun:
     """Everything one :func:`bayes_classify` call produced, before anything is written."""
@@ -548,16 +564,10 @@ def train_classifier(
         encoder_key=_encoder_key(adata, options.use_rep),
     )
     uns = {
-        "params": params,
-        "classes": np.asarray(classes, dtype=object),
+        **_classifier_entry(params, classes, (threshold, source, options.unknown_alpha), scorer.to_uns(), record),
         "metrics": metrics,
         "calibration": calibration,
-        "unknown_threshold": threshold,
-        "unknown_threshold_source": source,
-        "unknown_alpha": options.unknown_alpha,
-        "novelty": scorer.to_uns(),
         "history": history,
-        "model": record.to_uns(),
         "split": {"validation_indices": val_idx.astype(np.int64)},
     }
     return ClassifierRun(result, classes, unknown, uns, module)
@@ -694,15 +704,10 @@ def bayes_predict(
         seed=seed,
     )
     uns = {
-        "params": params,
-        "classes": np.asarray(classes, dtype=object),
-        "unknown_threshold": threshold,
-        "unknown_threshold_source": source,
-        "unknown_alpha": alpha,
-        "novelty": dict(entry["novelty"]),
+        **_classifier_entry(params, classes, (threshold, source, alpha), dict(entry["novelty"]), applied.record),
+        # the reference's held-out figures, so that the result describes the model it came from
         "metrics": dict(entry.get("metrics", {})),
         "calibration": dict(entry.get("calibration", {})),
-        "model": applied.record.to_uns(),
     }
     adata = adata.copy() if copy else adata
     write_results(
