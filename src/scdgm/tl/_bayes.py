@@ -21,7 +21,7 @@ from .._models import ModelRecord, holds_model
 from .._results import record_params, write_results
 from .._settings import logger
 from .._warnings import ScdgmWarning
-from ._common import ToolOptions, apply_stored_model, check_copy, check_uns_free, resolve_device_seed
+from ._common import ToolOptions, apply_stored_model, check_copy, check_uns_free, output_stem, resolve_device_seed
 
 if TYPE_CHECKING:
     from ..data import PreparedData
@@ -667,13 +667,7 @@ def bayes_predict(
             "novelty calibration. Train it again with `dgm.tl.bayes_classify`."
         )
         raise KeyError(msg)
-    stem = key_added
-    if stem is None:
-        stem = key
-        if holds_model(adata, stem) and dict(adata.uns[stem].get("params", {})).get("tool") != "bayes_predict":
-            stem = f"{key}_predict"
-            logger.info(f"    .uns[{key!r}] holds a trained model: writing the predictions under {stem!r}")
-    keys = ClassifierKeys(stem)
+    keys = ClassifierKeys(output_stem(adata, key_added, key, tool="bayes_predict", suffix="predict"))
     check_uns_free(adata, keys.uns, tool="bayes_predict")
     check_copy(adata, copy)
     device, seed = resolve_device_seed(device, seed)

@@ -34,6 +34,7 @@ __all__ = [
     "check_positive",
     "check_same_features",
     "check_uns_free",
+    "output_stem",
     "resolve_device_seed",
     "top_genes_entry",
 ]
@@ -68,17 +69,23 @@ def check_copy(adata: AnnData, copy: Any) -> None:
         raise ValueError(msg)
 
 
+def _other_tools_model(adata: AnnData, key: str, tool: str) -> str | None:
+    """``""`` or the name of the tool whose trained model ``.uns[key]`` holds, when not ``tool``; else ``None``."""
+    entry = adata.uns.get(key)
+    if not isinstance(entry, Mapping) or "model" not in entry:
+        return None
+    owner = dict(entry.get("params", {})).get("tool")
+    return None if owner == tool else str(owner or "")
+
+
 def check_uns_free(adata: AnnData, key: str, *, tool: str, argument: str = "key_added") -> None:
     """Refuse to replace an ``.uns[key]`` that holds a model another tool trained.
 
     Tools that apply a model write their own entries; letting them overwrite the record they read
     (``denoise(key_added="vae")``) would delete the model and its history.
     """
-    entry = adata.uns.get(key)
-    if not isinstance(entry, Mapping) or "model" not in entry:
-        return
-    owner = dict(entry.get("params", {})).get("tool")
-    if owner == tool:
+    owner = _other_tools_model(adata, key, tool)
+    if owner is None:
         return
     msg = (
         f"{argument}={key!r} would replace .uns[{key!r}], which holds a trained model"
@@ -86,6 +93,21 @@ def check_uns_free(adata: AnnData, key: str, *, tool: str, argument: str = "key_
         + f". Pass another {argument}."
     )
     raise ValueError(msg)
+
+
+def output_stem(adata: AnnData, key_added: str | None, model_key: str, *, tool: str, suffix: str) -> str:
+    """``key_added``, or by default ``model_key``, or ``"<model_key>_<suffix>"`` where that would replace a trained model.
+
+    An apply tool writing under the model's own key is what a user expects for a query, but on the
+    AnnData that holds the model (``embed(a, reference=a)``) it would replace the model.
+    """
+    if key_added is not None:
+        return key_added
+    if _other_tools_model(adata, model_key, tool) is None:
+        return model_key
+    stem = f"{model_key}_{suffix}"
+    logger.info(f"    .uns[{model_key!r}] holds a trained model: writing the results of {tool} under {stem!r}")
+    return stem
 
 
 def top_genes_entry(values: np.ndarray, var_names: Any, targets: Any, n_top: int) -> dict[str, np.ndarray]:

@@ -7,8 +7,7 @@ from anndata import AnnData
 from .._docs import doc_params
 from .._keys import ModelKeys
 from .._results import record_params, write_results
-from .._settings import logger
-from ._common import apply_stored_model, check_copy, check_uns_free, resolve_device_seed
+from ._common import apply_stored_model, check_copy, check_uns_free, output_stem, resolve_device_seed
 
 
 @doc_params
@@ -69,13 +68,7 @@ def embed(
     >>> dgm.tl.vae(ref, max_epochs=20)  # doctest: +SKIP
     >>> dgm.tl.embed(query, reference=ref)  # doctest: +SKIP
     """
-    stem = key_added
-    if stem is None:
-        stem = vae_key
-        if _holds_other_model(adata, stem):
-            stem = f"{vae_key}_embed"
-            logger.info(f"    .uns[{vae_key!r}] holds a trained model: writing the embedding under {stem!r}")
-    keys = ModelKeys(stem)
+    keys = ModelKeys(output_stem(adata, key_added, vae_key, tool="embed", suffix="embed"))
     check_uns_free(adata, keys.uns, tool="embed")
     check_copy(adata, copy)
     device, _ = resolve_device_seed(device, None)
@@ -93,8 +86,3 @@ def embed(
     adata = adata.copy() if copy else adata
     write_results(adata, obsm={keys.obsm: latent}, uns={keys.uns: {"params": params, "model": applied.record.to_uns()}})
     return adata if copy else None
-
-
-def _holds_other_model(adata: AnnData, key: str) -> bool:
-    entry = adata.uns.get(key)
-    return isinstance(entry, dict) and "model" in entry and dict(entry.get("params", {})).get("tool") != "embed"
