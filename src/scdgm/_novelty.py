@@ -73,6 +73,7 @@ class NoveltyScorer:
     epistemic_scale: float
     calibration: np.ndarray = field(default_factory=lambda: np.empty(0))
     n_neighbors: int = N_NEIGHBORS
+    _neighbors: Any = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def fit(
@@ -104,12 +105,17 @@ class NoveltyScorer:
 
     def distances(self, coordinates: np.ndarray, *, exclude_self: bool = False) -> np.ndarray:
         """Mean Euclidean distance of each row to its ``n_neighbors`` nearest training cells."""
-        from sklearn.neighbors import NearestNeighbors
-
         k = self.n_neighbors + int(exclude_self)
-        index = NearestNeighbors(n_neighbors=k).fit(self.reference)
-        found, _ = index.kneighbors(np.asarray(coordinates, dtype=np.float32))
+        found, _ = self._index().kneighbors(np.asarray(coordinates, dtype=np.float32), n_neighbors=k)
         return found[:, int(exclude_self) :].mean(axis=1)
+
+    def _index(self) -> Any:
+        """The neighbour index of the training cells, built once per scorer."""
+        if self._neighbors is None:
+            from sklearn.neighbors import NearestNeighbors
+
+            self._neighbors = NearestNeighbors().fit(self.reference)
+        return self._neighbors
 
     def score(self, distances: np.ndarray, epistemic: np.ndarray) -> np.ndarray:
         """The larger of the two ratios to their training scales (1: as unusual as the 95 % quantile)."""

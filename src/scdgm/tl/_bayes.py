@@ -525,8 +525,12 @@ def train_classifier(
         scale_idx = train_idx
     scorer = NoveltyScorer.fit(coordinates[train_idx], coordinates[scale_idx], result["epistemic"][scale_idx])
     # training cells are measured without themselves, so their distances read like any other cell's
-    distances = scorer.distances(coordinates)
-    distances[train_idx] = scorer.distances(coordinates[train_idx], exclude_self=True)
+    in_training = np.zeros(data.n_obs, dtype=bool)
+    in_training[train_idx] = True
+    distances = np.empty(data.n_obs)
+    if not in_training.all():
+        distances[~in_training] = scorer.distances(coordinates[~in_training])
+    distances[in_training] = scorer.distances(coordinates[in_training], exclude_self=True)
     scores = scorer.score(distances, result["epistemic"])
     scorer.calibrate(scores[calibration_idx])
     if options.unknown_threshold is None:
