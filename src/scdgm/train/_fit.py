@@ -221,16 +221,20 @@ def fit(
     import torch.multiprocessing
     from lightning.fabric import Fabric
 
-    from .._checks import check_int, check_number
-    from ._run import check_precision
+    from .._checks import check_int
+    from ._run import check_precision, check_run_arguments
 
-    # The tools check these too; fit is public, and lr=0 would otherwise "train" without a step.
+    # The tools check these too, before reading data; fit is public, and lr=0 would "train" without a step.
     max_epochs = check_int("max_epochs", max_epochs)
-    check_number("lr", lr, minimum=0.0, exclusive_minimum=True)
-    check_number("weight_decay", weight_decay, minimum=0.0)
-    check_number("beta", beta, minimum=0.0)
     kl_warmup_epochs = check_int("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
-    check_int("patience", patience)
+    check_run_arguments(
+        lr=lr,
+        weight_decay=weight_decay,
+        beta=beta,
+        patience=patience,
+        max_epochs=max_epochs,
+        kl_warmup_epochs=kl_warmup_epochs,
+    )
     check_precision(precision, device)
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
         msg = f"devices must be a positive integer, not {devices!r}."

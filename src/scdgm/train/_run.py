@@ -96,17 +96,31 @@ class TrainingOptions:
         from .._checks import check_bool, check_choice
 
         check_int("batch_size", self.batch_size, minimum=2)  # BatchNorm needs two cells per batch
-        check_number("lr", self.lr, minimum=0.0, exclusive_minimum=True)
-        check_number("weight_decay", self.weight_decay, minimum=0.0)
-        check_number("beta", self.beta, minimum=0.0)
-        check_int("patience", self.patience)
+        check_run_arguments(
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            beta=self.beta,
+            patience=self.patience,
+            max_epochs=self.max_epochs,
+            kl_warmup_epochs=self.kl_warmup_epochs,
+        )
         check_bool("early_stopping", self.early_stopping)
         check_choice("precision", self.precision, PRECISIONS)
         check_int("devices", self.devices)
-        if self.max_epochs is not None:
-            check_int("max_epochs", self.max_epochs)
-        if self.kl_warmup_epochs is not None:
-            check_int("kl_warmup_epochs", self.kl_warmup_epochs, minimum=0)
+
+
+def check_run_arguments(
+    *, lr: Any, weight_decay: Any, beta: Any, patience: Any, max_epochs: Any, kl_warmup_epochs: Any
+) -> None:
+    """The checks :meth:`TrainingOptions.check` and :func:`~scdgm.train.fit` share (``None`` epochs: defaults)."""
+    check_number("lr", lr, minimum=0.0, exclusive_minimum=True)
+    check_number("weight_decay", weight_decay, minimum=0.0)
+    check_number("beta", beta, minimum=0.0)
+    check_int("patience", patience)
+    if max_epochs is not None:
+        check_int("max_epochs", max_epochs)
+    if kl_warmup_epochs is not None:
+        check_int("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
 
 
 def check_precision(precision: str, device: str) -> None:
