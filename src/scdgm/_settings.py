@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from typing import Literal
 
 logger = logging.getLogger("scdgm")
@@ -21,8 +22,6 @@ MAX_SEED = 2**32
 
 def check_seed(name: str, value: object) -> int:
     """``value`` as a Python int when it is an integer seed in ``[0, 2**32)``, else a ValueError naming ``name``."""
-    import numbers
-
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) < MAX_SEED:
         msg = f"{name} must be an integer in [0, 2**32), not {value!r}."
         raise ValueError(msg)
@@ -85,8 +84,6 @@ class ScdgmConfig:
 
     @verbosity.setter
     def verbosity(self, value: int) -> None:
-        import numbers
-
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value not in _VERBOSITY_LEVELS:
             msg = f"settings.verbosity must be one of {sorted(_VERBOSITY_LEVELS)}, not {value!r}."
             raise ValueError(msg)
