@@ -18,3 +18,5 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 """Training precisions (Lightning Fabric's names)."""
 IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 """Quadrature rules of integrated gradients."""
+PROGRAM_MODELS = ("log1p", "log-linear")
+"""How the simulator's gene programs act on the log rate: through log(1 + W a), or linearly (W a)."""

@@ -218,6 +218,15 @@ def test_no_markers_round_trips(tmp_path):
         ({"program_fraction": 1.5}, r"program_fraction must be in \(0, 1\]"),
         ({"dispersion": "high"}, r"dispersion must be a finite number > 0"),
         ({"n_jobs": 0}, r"n_jobs must be a positive integer or None"),
+        ({"program_model": "linear"}, r"program_model must be one of \('log1p', 'log-linear'\), not 'linear'"),
+        (
+            {"program_model": "log-linear", "n_programs": 8, "program_fraction": 0.2},
+            r"puts each of the 8 programs on its own 20 genes, more than the 100 genes",
+        ),
+        ({"n_conditions": 0}, r"n_conditions must be an integer >= 1, not 0"),
+        ({"response_fraction": 0}, r"response_fraction must be a finite number > 0"),
+        ({"response_fraction": 2.0}, r"response_fraction must be in \(0, 1\]"),
+        ({"response_sd": -1}, r"response_sd must be a finite number >= 0"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -233,3 +242,59 @@ def test_the_shared_test_fixture_configuration():
     assert isinstance(adata.obs["cell_type"].dtype, pd.CategoricalDtype)
     assert adata.obs["cell_type"].value_counts().min() >= 20
     assert adata.obs["batch"].value_counts().min() >= 100
+
+
+def test_log_linear_programs_are_disjoint_bounded_and_linear_in_the_log_rate():
+    kwargs = {"n_cell_types": 4, "n_programs": 5, "program_fraction": 0.1, "markers_per_type": 0, "seed": 2}
+    adata = dgm.datasets.simulate(3000, 200, program_model="log-linear", **kwargs)
+    programs, activity = adata.varm["programs"], adata.obsm["program_activity"]
+    assert ((programs > 0).sum(axis=1) <= 1).all()  # disjoint
+    assert ((programs > 0).sum(axis=0) == 20).all()
+    loadings = programs[programs > 0]
+    assert loadings.min() >= 1.0 and loadings.max() <= 2.5
+    assert activity.min() >= 0 and activity.max() <= 1.5
+    profiles = adata.uns["simulation"]["program_profiles"]
+    used = profiles > 0
+    assert used.any(axis=0).all() and not used.all(axis=0).any()  # each program on in some types, off in others
+    # Linear on the log scale: a program's genes rise by exp(loading * activity) over cells with it off.
+    normalised = np.asarray(adata.X.toarray() / adata.obs["n_counts"].to_numpy()[:, None])
+    k = 0
+    on, off = activity[:, k] > 0, activity[:, k] == 0
+    genes = np.flatnonzero(programs[:, k])
+    observed = np.log(normalised[on][:, genes].mean(0) / normalised[off][:, genes].mean(0))
+    predicted = np.log(np.exp(np.outer(activity[on, k], programs[genes, k])).mean(0))
+    assert np.corrcoef(observed, predicted)[0, 1] > 0.8
+    # The other parts of the truth are the same under both program models.
+    log1p = dgm.datasets.simulate(3000, 200, **kwargs)
+    np.testing.assert_array_equal(log1p.var["base_log_expression"], adata.var["base_log_expression"])
+    np.testing.assert_array_equal(log1p.obs["cell_type"], adata.obs["cell_type"])
+
+
+def test_conditions_carry_a_cell_type_dependent_response(tmp_path):
+    adata = dgm.datasets.simulate(4000, 120, n_cell_types=2, n_conditions=2, markers_per_type=0, seed=1)
+    assert list(adata.obs["condition"].cat.categories) == ["control", "condition_1"]
+    assert adata.obs["condition"].value_counts().min() > 1800
+    change = adata.uns["simulation"]["condition_log_change"]
+    assert change.shape == (2, 2, 120)
+    assert not change[0].any()
+    responding = np.flatnonzero(change[1].any(axis=0))
+    assert responding.size == 12
+    assert not np.allclose(change[1, 0, responding], change[1, 1, responding])
+    normalised = adata.X.toarray() / adata.obs["n_counts"].to_numpy()[:, None]
+    control = (adata.obs["condition"] == "control").to_numpy()
+    for t in range(2):
+        cells = (adata.obs["cell_type"] == f"type_{t}").to_numpy()
+        observed = np.log(
+            normalised[cells & ~control][:, responding].mean(0) / normalised[cells & control][:, responding].mean(0)
+        )
+        assert np.corrcoef(observed, change[1, t, responding])[0, 1] > 0.9
+    adata.write_h5ad(tmp_path / "sim.h5ad")
+    back = ad.read_h5ad(tmp_path / "sim.h5ad")
+    np.testing.assert_array_equal(back.uns["simulation"]["condition_log_change"], change)
+    assert back.obs["condition"].equals(adata.obs["condition"])
+
+
+def test_one_condition_leaves_the_data_as_before():
+    adata = dgm.datasets.simulate(200, 40, seed=4)
+    assert "condition" not in adata.obs and "condition_log_change" not in adata.uns["simulation"]
+    assert adata.uns["simulation"]["program_model"] == "log1p"

@@ -14,6 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._choices import PROGRAM_MODELS
 from .._results import h5ad_safe, package_version
 
 # Cells are simulated in blocks of about this many cells x genes entries (32 MiB per float64 array),
@@ -24,6 +25,10 @@ _MAX_BLOCK_CELLS = 4096
 _MAX_THREADS = 4
 # A cell whose counts are all zero is redrawn this many times before it gets one count in its top gene.
 _ZERO_CELL_RETRIES = 10
+# Log-linear programs: loadings on the log rate drawn uniformly from this range, and a cell's activity
+# of a program capped at this value, so that the log rate stays bounded whatever the gamma noise draws.
+_LOG_LINEAR_LOADINGS = (1.0, 2.5)
+_LOG_LINEAR_MAX_ACTIVITY = 1.5
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class _Truth:
     marker_index: np.ndarray  # (n_cell_types, markers_per_type) gene indices
     batch_effects: np.ndarray  # (n_batches, n_genes) multiplicative factors (all ones for one batch)
     cell_type_proportions: np.ndarray  # (n_cell_types,)
+    condition_log_change: np.ndarray  # (n_conditions, n_cell_types, n_genes), zero for condition 0
 
 
 @dataclass
@@ -48,6 +54,7 @@ class _Block:
     row_nnz: np.ndarray
     cell_type: np.ndarray
     batch: np.ndarray
+    condition: np.ndarray
     library_size: np.ndarray
     n_counts: np.ndarray
     activity: np.ndarray
@@ -59,7 +66,9 @@ def simulate(
     *,
     n_cell_types: int = 5,
     n_batches: int = 1,
+    n_conditions: int = 1,
     n_programs: int = 8,
+    program_model: str = "log1p",
     markers_per_type: int | None = None,
     marker_fold_change: float = 5.0,
     program_fraction: float = 0.08,
@@ -69,6 +78,9 @@ def simulate(
     dispersion: float = 1.0,
     batch_effect_sd: float = 0.5,
     activity_cv: float = 0.5,
+    response_fraction: float = 0.1,
+    response_sd: float = 1.0,
+    response_type_sd: float = 0.5,
     copy_counts: bool = True,
     seed: int = 0,
     n_jobs: int | None = None,
@@ -77,18 +89,22 @@ def simulate(
 
     Every gene belongs to zero or more gene programs; each cell type has a mean activity of each
     program, and each cell varies around it. Cell types also get their own marker genes, batches a
-    gene-wise multiplicative effect, and cells a library size. The expected count of gene :math:`g`
-    in cell :math:`c` of type :math:`t` and batch :math:`b` is
+    gene-wise multiplicative effect, conditions (a perturbation) a response that depends on the cell
+    type, and cells a library size. The expected count of gene :math:`g` in cell :math:`c` of type
+    :math:`t`, batch :math:`b` and condition :math:`k` is
 
     .. math::
 
         \mu_{cg} = \ell_c \,
         \frac{r_{cg}}{\sum_{g'} r_{cg'}}, \qquad
-        \log r_{cg} = \beta_g + \log\bigl(1 + (W a_c)_g\bigr) + \log(f)\,[g \in M_t] + \log \gamma_{bg},
+        \log r_{cg} = \beta_g + \phi\bigl((W a_c)_g\bigr) + \log(f)\,[g \in M_t] + \log \gamma_{bg}
+        + \delta_{ktg},
 
-    and counts are drawn as :math:`\mathrm{NB}(\mu_{cg}, \theta_g)` through a Gamma-Poisson mixture
-    (variance :math:`\mu + \mu^2/\theta`). Cells are made in blocks of a few thousand, so a dense
-    cells x genes array never exists: 1,000,000 cells x 2,000 genes fit in a few GB.
+    with :math:`\phi(u) = \log(1 + u)` (``program_model="log1p"``, the default) or :math:`\phi(u) = u`
+    (``program_model="log-linear"``, the model class of a linearly decoded VAE), and counts are drawn
+    as :math:`\mathrm{NB}(\mu_{cg}, \theta_g)` through a Gamma-Poisson mixture (variance
+    :math:`\mu + \mu^2/\theta`). Cells are made in blocks of a few thousand, so a dense cells x genes
+    array never exists: 1,000,000 cells x 2,000 genes fit in a few GB.
 
     Parameters
     ----------
@@ -102,8 +118,19 @@ def simulate(
     n_batches
         Number of batches, ``"batch_0"``, ... Cells are spread over batches uniformly at random.
         With one batch there is no batch effect.
+    n_conditions
+        Number of conditions, ``"control"``, ``"condition_1"``, ... Cells are spread over conditions
+        uniformly at random; condition 0 is the control (:math:`\delta_{0tg} = 0`). With one condition
+        there is no perturbation.
     n_programs
         Number of gene programs (columns of the loading matrix :math:`W`).
+    program_model
+        ``"log1p"``: programs act on the log rate through :math:`\log(1 + W a_c)`, with log-normal
+        loadings around 3 on overlapping gene sets and exponential type profiles. ``"log-linear"``:
+        programs act linearly on the log rate, on disjoint gene sets, with loadings uniform in
+        [1, 2.5]; each program is switched on (profile uniform in [0.5, 1]) in about half of the cell
+        types, at least one and, with two or more types, not all; a cell's activity is capped at 1.5,
+        so the log rate is a bounded linear function of the activities.
     markers_per_type
         Marker genes per cell type; the sets of different types are disjoint. ``0`` for none. By
         default 10, or fewer when there are few genes (at most half of the genes are markers).
@@ -111,7 +138,9 @@ def simulate(
         Multiplicative rise of a marker gene's expression in its own cell type (before the
         per-cell normalisation to the library size).
     program_fraction
-        Fraction of genes in each program (at least one gene). Programs may overlap.
+        Fraction of genes in each program (at least one gene). Programs may overlap with
+        ``"log1p"``; with ``"log-linear"`` they are disjoint, so ``n_programs * program_fraction``
+        must not exceed 1.
     mean_library_size
         Mean expected total counts per cell; by default one count per gene (2,000 for 2,000 genes).
     library_size_sd
@@ -128,6 +157,15 @@ def simulate(
         Coefficient of variation of a cell's program activities around its cell type's profile
         (gamma-distributed multiplicative noise); ``0`` makes every cell of a type identical in
         program space.
+    response_fraction
+        Fraction of genes that respond to each non-control condition (at least one gene).
+    response_sd
+        Standard deviation of a responding gene's log change shared by all cell types.
+    response_type_sd
+        Standard deviation of the cell-type-specific part of the log change: the response of gene
+        :math:`g` to condition :math:`k` in type :math:`t` is :math:`\delta_{ktg} = s_{kg} + u_{ktg}`
+        with :math:`s_{kg} \sim N(0, \text{response\_sd}^2)` and
+        :math:`u_{ktg} \sim N(0, \text{response\_type\_sd}^2)` for responding genes, 0 otherwise.
     copy_counts
         Whether ``.layers["counts"]`` is a copy of ``.X`` (default) or the very same matrix object,
         which halves the memory of large simulations but means that normalising ``.X`` in place
@@ -150,6 +188,8 @@ def simulate(
         Categorical, ``"type_0"``, ``"type_1"``, ...
     ``.obs["batch"]``
         Categorical, ``"batch_0"``, ... (always present, one category when ``n_batches == 1``).
+    ``.obs["condition"]``
+        Categorical, ``"control"``, ``"condition_1"``, ... (only with ``n_conditions > 1``).
     ``.obs["library_size"]``
         Expected total counts of the cell, :math:`\ell_c`.
     ``.obs["n_counts"]``
@@ -171,7 +211,10 @@ def simulate(
         Every argument above (``mean_library_size`` resolved; ``copy_counts`` and ``n_jobs``, which
         do not change the data, left out), and
         ``"cell_type_proportions"`` (array), ``"program_profiles"`` (cell types x programs mean
-        activities), ``"marker_genes"`` (dict: cell type -> array of gene names) and ``"scdgm_version"``.
+        activities), ``"marker_genes"`` (dict: cell type -> array of gene names),
+        ``"condition_log_change"`` (with ``n_conditions > 1``: conditions x cell types x genes array of
+        :math:`\delta_{ktg}`, the true log change of the rate :math:`r_{cg}` before normalisation to the
+        library size; its first row, the control, is zero) and ``"scdgm_version"``.
 
     Notes
     -----
@@ -204,7 +247,9 @@ def simulate(
         n_genes=n_genes,
         n_cell_types=n_cell_types,
         n_batches=n_batches,
+        n_conditions=n_conditions,
         n_programs=n_programs,
+        program_model=program_model,
         markers_per_type=markers_per_type,
         marker_fold_change=marker_fold_change,
         program_fraction=program_fraction,
@@ -214,6 +259,9 @@ def simulate(
         dispersion=dispersion,
         batch_effect_sd=batch_effect_sd,
         activity_cv=activity_cv,
+        response_fraction=response_fraction,
+        response_sd=response_sd,
+        response_type_sd=response_type_sd,
         seed=seed,
     )
     if not isinstance(copy_counts, bool):
@@ -272,6 +320,7 @@ def _validate(**params: Any) -> dict[str, Any]:
         "n_genes": integer("n_genes", 1),
         "n_cell_types": integer("n_cell_types", 1),
         "n_batches": integer("n_batches", 1),
+        "n_conditions": integer("n_conditions", 1),
         "n_programs": integer("n_programs", 1),
         "seed": integer("seed", 0),
     }
@@ -289,7 +338,14 @@ def _validate(**params: Any) -> dict[str, Any]:
         "dispersion": real("dispersion", positive=True),
         "batch_effect_sd": real("batch_effect_sd", positive=False),
         "activity_cv": real("activity_cv", positive=False),
+        "response_fraction": real("response_fraction", positive=True),
+        "response_sd": real("response_sd", positive=False),
+        "response_type_sd": real("response_type_sd", positive=False),
     }
+    if params["program_model"] not in PROGRAM_MODELS:
+        msg = f"program_model must be one of {PROGRAM_MODELS}, not {params['program_model']!r}."
+        raise ValueError(msg)
+    out["program_model"] = params["program_model"]
     if out["n_programs"] > out["n_genes"]:
         msg = f"n_programs ({out['n_programs']}) must not exceed n_genes ({out['n_genes']})."
         raise ValueError(msg)
@@ -301,10 +357,22 @@ def _validate(**params: Any) -> dict[str, Any]:
             "Lower markers_per_type or raise n_genes."
         )
         raise ValueError(msg)
-    if out["program_fraction"] > 1:
-        msg = f"program_fraction must be in (0, 1], not {out['program_fraction']!r}."
+    for name in ("program_fraction", "response_fraction"):
+        if out[name] > 1:
+            msg = f"{name} must be in (0, 1], not {out[name]!r}."
+            raise ValueError(msg)
+    if out["program_model"] == "log-linear" and _genes_per_program(out) * out["n_programs"] > out["n_genes"]:
+        msg = (
+            f"program_model='log-linear' puts each of the {out['n_programs']} programs on its own "
+            f"{_genes_per_program(out)} genes, more than the {out['n_genes']} genes there are. "
+            "Lower n_programs or program_fraction."
+        )
         raise ValueError(msg)
     return out
+
+
+def _genes_per_program(params: dict[str, Any]) -> int:
+    return max(1, round(params["program_fraction"] * params["n_genes"]))
 
 
 def _resolve_threads(n_jobs: int | None) -> int:
@@ -333,7 +401,7 @@ def _draw_truth(params: dict[str, Any]) -> _Truth:
     theta = params["dispersion"] * rng.lognormal(0.0, 0.5, size=n_genes)
 
     programs = np.zeros((n_genes, n_programs))
-    genes_per_program = max(1, round(params["program_fraction"] * n_genes))
+    genes_per_program = _genes_per_program(params)
     for k in range(n_programs):
         members = rng.choice(n_genes, size=genes_per_program, replace=False)
         # Loadings around 3: a fully active program lifts its genes several-fold, so types differ.
@@ -349,7 +417,43 @@ def _draw_truth(params: dict[str, Any]) -> _Truth:
     else:
         batch_effects = np.ones((1, n_genes))
     proportions = rng.dirichlet(np.full(n_types, 5.0))
-    return _Truth(base, theta, programs, profiles, marker_index, batch_effects, proportions)
+    if params["program_model"] == "log-linear":
+        # Drawn from their own stream, so that the rest of the truth is the same under both models.
+        programs, profiles = _log_linear_programs(_rng(params["seed"], 2), params)
+    log_change = _condition_response(_rng(params["seed"], 3), params)
+    return _Truth(base, theta, programs, profiles, marker_index, batch_effects, proportions, log_change)
+
+
+def _log_linear_programs(rng: np.random.Generator, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint programs with loadings on the log rate, switched on in some cell types and off in others."""
+    n_genes, n_programs, n_types = params["n_genes"], params["n_programs"], params["n_cell_types"]
+    size = _genes_per_program(params)
+    genes = rng.permutation(n_genes)[: n_programs * size].reshape(n_programs, size)
+    programs = np.zeros((n_genes, n_programs))
+    for k in range(n_programs):
+        programs[genes[k], k] = rng.uniform(*_LOG_LINEAR_LOADINGS, size=size)
+    on = rng.random((n_types, n_programs)) < 0.5
+    for k in range(n_programs):
+        # Every program is used by some type and, where there are two types or more, not by all.
+        if not on[:, k].any():
+            on[rng.integers(n_types), k] = True
+        if n_types > 1 and on[:, k].all():
+            on[rng.integers(n_types), k] = False
+    profiles = on * rng.uniform(0.5, 1.0, size=(n_types, n_programs))
+    return programs, profiles
+
+
+def _condition_response(rng: np.random.Generator, params: dict[str, Any]) -> np.ndarray:
+    """Log change of each gene's rate per condition and cell type: a shared and a type-specific part."""
+    n_conditions, n_types, n_genes = params["n_conditions"], params["n_cell_types"], params["n_genes"]
+    change = np.zeros((n_conditions, n_types, n_genes))
+    size = max(1, round(params["response_fraction"] * n_genes))
+    for k in range(1, n_conditions):
+        genes = rng.choice(n_genes, size=size, replace=False)
+        shared = rng.normal(0.0, params["response_sd"], size=size)
+        specific = rng.normal(0.0, params["response_type_sd"], size=(n_types, size))
+        change[k][:, genes] = shared + specific
+    return change
 
 
 def _simulate_block(params: dict[str, Any], truth: _Truth, *, block: int, n_cells: int) -> _Block:
@@ -365,10 +469,18 @@ def _simulate_block(params: dict[str, Any], truth: _Truth, *, block: int, n_cell
     if params["activity_cv"] > 0:
         shape = 1.0 / params["activity_cv"] ** 2
         activity = activity * rng.gamma(shape, 1.0 / shape, size=activity.shape)
+    log_linear = params["program_model"] == "log-linear"
+    if log_linear:
+        activity = np.minimum(activity, _LOG_LINEAR_MAX_ACTIVITY)
+    # Conditions come from a stream of their own, so one condition leaves the other draws unchanged.
+    condition = _rng(params["seed"], 4, block).integers(params["n_conditions"], size=n_cells)
 
     log_rate = activity @ truth.programs.T
-    np.log1p(log_rate, out=log_rate)
+    if not log_linear:
+        np.log1p(log_rate, out=log_rate)
     log_rate += truth.base_log_expression
+    if params["n_conditions"] > 1:
+        log_rate += truth.condition_log_change[condition, cell_type]
     if params["markers_per_type"]:
         log_fold_change = np.log(params["marker_fold_change"])
         for t, genes in enumerate(truth.marker_index):
@@ -396,6 +508,7 @@ def _simulate_block(params: dict[str, Any], truth: _Truth, *, block: int, n_cell
         row_nnz=np.count_nonzero(counts, axis=1),
         cell_type=cell_type,
         batch=batch,
+        condition=condition,
         library_size=library,
         activity=activity.astype(np.float32),
     )
@@ -423,6 +536,7 @@ class _Collector:
         self.indices = np.empty(0, dtype=np.int32 if n_genes <= np.iinfo(np.int32).max else np.int64)
         self.cell_type = np.empty(n_cells, dtype=np.int64)
         self.batch = np.empty(n_cells, dtype=np.int64)
+        self.condition = np.empty(n_cells, dtype=np.int64)
         self.library_size = np.empty(n_cells)
         self.n_counts = np.empty(n_cells)
         self.activity = np.empty((n_cells, n_programs), dtype=np.float32)
@@ -447,6 +561,7 @@ class _Collector:
         self.indptr[start + 1 : stop + 1] += self.nnz
         self.cell_type[start:stop] = block.cell_type
         self.batch[start:stop] = block.batch
+        self.condition[start:stop] = block.condition
         self.library_size[start:stop] = block.library_size
         self.n_counts[start:stop] = block.n_counts
         self.activity[start:stop] = block.activity
@@ -481,6 +596,9 @@ def _to_anndata(collector: _Collector, params: dict[str, Any], truth: _Truth, *,
         },
         index=pd.Index([f"cell_{i}" for i in range(n_cells)]),
     )
+    if params["n_conditions"] > 1:
+        names = ["control"] + [f"condition_{k}" for k in range(1, params["n_conditions"])]
+        obs.insert(2, "condition", pd.Categorical.from_codes(collector.condition, categories=names))
     var = pd.DataFrame(
         {"dispersion": truth.dispersion, "base_log_expression": truth.base_log_expression}, index=gene_names
     )
@@ -502,6 +620,8 @@ def _to_anndata(collector: _Collector, params: dict[str, Any], truth: _Truth, *,
         },
         "scdgm_version": package_version(),
     }
+    if params["n_conditions"] > 1:
+        simulation["condition_log_change"] = truth.condition_log_change
     counts = collector.matrix()
     adata = AnnData(
         X=counts,
