@@ -14,8 +14,9 @@ Parts (``--parts``, all by default):
   20 % of the remaining labelled cells itself (early stopping, unknown threshold). Accuracy, expected
   calibration error (15 bins), negative log-likelihood and Brier score of the test cells, computed on
   the pooled out-of-fold predictions of all 700 cells and as the mean over the folds (the per-fold ECE
-  of 140 cells is inflated by sampling noise). Reference: scikit-learn's ``LogisticRegression`` (C=1)
-  on standardised inputs, trained on all training cells of the fold.
+  of 140 cells is inflated by sampling noise). References: scikit-learn's ``LogisticRegression`` (C=1)
+  and ``LogisticRegressionCV`` (C from 1e-4 to 1e2 chosen by inner 5-fold CV on the log-loss) on
+  standardised inputs, trained on all training cells of the fold.
 - ``unseen``: for each cell type with at least 30 cells: its labels are hidden and so are those of 20 %
   of the cells of every other type (stratified, seed 0); the classifier is trained on the rest. AUROC
   of the epistemic uncertainty (and of the total entropy) separating the left-out type's cells from
@@ -36,12 +37,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 
 import numpy as np
 from _common import save
 
 FOLDS_SEED = 0
 MIN_UNSEEN_CELLS = 30
+MODEL_NAMES = {
+    "bayes": "bayes_classify",
+    "logreg": "logistic regression (C = 1)",
+    "logreg_tuned": "logistic regression (C by inner CV log-loss)",
+}
 
 
 def _prepare(vae_cache: str | None):
@@ -102,12 +109,19 @@ def _reordered(work, key, classes):
     return proba
 
 
-def _logistic_regression(X, codes, train, test):
-    from sklearn.linear_model import LogisticRegression
+def _logistic_regression(X, codes, train, test, *, tuned=False):
+    """C = 1, or (``tuned``) the inverse regularisation strength chosen by inner 5-fold CV on the log-loss."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    if tuned:
+        # scikit-learn 1.8 announces changes of LogisticRegressionCV's defaults that do not touch this use
+        warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
+        classifier = LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), cv=5, scoring="neg_log_loss", max_iter=5000)
+    else:
+        classifier = LogisticRegression(max_iter=5000)
+    model = make_pipeline(StandardScaler(), classifier)
     model.fit(X[train], codes[train])
     proba = np.zeros((len(test), codes.max() + 1))
     proba[:, model.classes_] = model.predict_proba(X[test])
@@ -126,7 +140,7 @@ def part_cv(adata, names, kwargs):
     inputs = _inputs(adata, names)
     out = {}
     for name in names:
-        for model in ("bayes", "logreg"):
+        for model in ("bayes", "logreg", "logreg_tuned"):
             pooled = np.zeros((len(codes), len(classes)))
             per_fold, seconds = [], []
             for train, test in folds:
@@ -137,7 +151,7 @@ def part_cv(adata, names, kwargs):
                     pooled[test] = _reordered(work, "cv", classes)[test]
                 else:
                     start = time.perf_counter()
-                    pooled[test] = _logistic_regression(inputs[name], codes, train, test)
+                    pooled[test] = _logistic_regression(inputs[name], codes, train, test, tuned=model != "logreg")
                     sec = time.perf_counter() - start
                 seconds.append(sec)
                 per_fold.append(classification_metrics(pooled[test], codes[test]))
@@ -174,6 +188,20 @@ def unseen_splits(labels):
         yield str(left_out), unseen, test_known, hidden
 
 
+def _knn_distance(X, train, scored, *, n_neighbors=10, n_components=30):
+    """Anchor: mean distance to the 10 nearest training cells, in the first 30 principal components of the training cells."""
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import NearestNeighbors
+
+    if X.shape[1] > n_components:
+        pca = PCA(n_components, random_state=0).fit(X[train])
+        reference, query = pca.transform(X[train]), pca.transform(X[scored])
+    else:
+        reference, query = X[train], X[scored]
+    distances, _ = NearestNeighbors(n_neighbors=n_neighbors).fit(reference).kneighbors(query)
+    return distances.mean(axis=1)
+
+
 def part_unseen(adata, names, kwargs):
     from scdgm._metrics import auroc
 
@@ -187,6 +215,7 @@ def part_unseen(adata, names, kwargs):
             scored = np.concatenate([test_known, np.flatnonzero(unseen)])
             positive = unseen[scored]
             epistemic = work.obs["unseen_epistemic"].to_numpy()[scored]
+            unknown_score = work.obs["unseen_unknown_score"].to_numpy()[scored]
             entropy = work.obs["unseen_entropy"].to_numpy()[scored]
             flagged = work.obs["unseen_unknown"].to_numpy()
             train = np.setdiff1d(np.flatnonzero(~unseen), test_known)
@@ -197,7 +226,9 @@ def part_unseen(adata, names, kwargs):
             rows[left_out] = {
                 "n_unseen": int(unseen.sum()),
                 "n_known_test": len(test_known),
+                "auroc_unknown_score": auroc(unknown_score, positive),
                 "auroc_epistemic": auroc(epistemic, positive),
+                "auroc_knn_distance": auroc(_knn_distance(inputs[name], train, scored), positive),
                 "auroc_entropy": auroc(entropy, positive),
                 "auroc_logreg_entropy": auroc(lr_entropy, positive),
                 "flagged_unseen": float(flagged[unseen].mean()),
@@ -206,8 +237,9 @@ def part_unseen(adata, names, kwargs):
             }
             r = rows[left_out]
             print(
-                f"unseen {name} without {left_out!r} ({r['n_unseen']} cells): AUROC epistemic "
-                f"{r['auroc_epistemic']:.3f}, entropy {r['auroc_entropy']:.3f}, logreg entropy "
+                f"unseen {name} without {left_out!r} ({r['n_unseen']} cells): AUROC unknown score "
+                f"{r['auroc_unknown_score']:.3f}, epistemic {r['auroc_epistemic']:.3f}, "
+                f"kNN distance {r['auroc_knn_distance']:.3f}, entropy {r['auroc_entropy']:.3f}, logreg entropy "
                 f"{r['auroc_logreg_entropy']:.3f}; flagged {r['flagged_unseen']:.2f} unseen vs "
                 f"{r['flagged_known_test']:.2f} known",
                 flush=True,
@@ -300,22 +332,24 @@ def _tables(results):
             model, name = key.split("/")
             p = row["pooled"]
             lines.append(
-                f"| {name} | {'bayes_classify' if model == 'bayes' else 'logistic regression'} | "
+                f"| {name} | {MODEL_NAMES[model]} | "
                 f"{p['accuracy']:.3f} | {p['ece']:.3f} | {p['nll']:.3f} | {p['brier']:.3f} | "
                 f"{row['fold_mean']['ece']:.3f} | {row['seconds_per_fold']:.1f} |"
             )
         lines.append("")
     if "unseen" in results:
         lines += [
-            "| input | mean AUROC epistemic | mean AUROC entropy | logistic regression entropy | flagged unseen | flagged known |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| input | left out | cells | AUROC unknown score | epistemic | entropy | kNN distance | "
+            "logistic regression entropy | flagged unseen | flagged known |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, row in results["unseen"].items():
-            m = row["mean"]
-            lines.append(
-                f"| {name} | {m['auroc_epistemic']:.3f} | {m['auroc_entropy']:.3f} | {m['auroc_logreg_entropy']:.3f} | "
-                f"{m['flagged_unseen']:.2f} | {m['flagged_known_test']:.2f} |"
-            )
+            for left_out, r in [*row["per_type"].items(), ("mean", row["mean"])]:
+                lines.append(
+                    f"| {name} | {left_out} | {r.get('n_unseen', '')} | {r['auroc_unknown_score']:.3f} | "
+                    f"{r['auroc_epistemic']:.3f} | {r['auroc_entropy']:.3f} | {r['auroc_knn_distance']:.3f} | "
+                    f"{r['auroc_logreg_entropy']:.3f} | {r['flagged_unseen']:.2f} | {r['flagged_known_test']:.2f} |"
+                )
         lines.append("")
     if "nuts" in results:
         lines += ["| inference | accuracy | ECE | NLL | seconds |", "| --- | --- | --- | --- | --- |"]
