@@ -30,7 +30,11 @@ def test_writes_loadings_latent_and_top_genes(_ldvae):
 def test_trains_with_the_l1_penalty_by_default_and_it_sparsifies(_ldvae, _simulated):
     from scdgm.tl._ldvae import DEFAULT_LOADINGS_L1
 
-    assert _ldvae.uns["ldvae"]["params"]["vae_params"]["loadings_l1"] == DEFAULT_LOADINGS_L1
+    params = _ldvae.uns["ldvae"]["params"]
+    assert params["loadings_l1"] == DEFAULT_LOADINGS_L1
+    # resolved, not the None of the defaults
+    assert isinstance(params["max_epochs"], int) and isinstance(params["kl_warmup_epochs"], int)
+    assert params["decoder"] == "linear" and params["tool"] == "ldvae_loadings"
     assert "train_penalty" in _ldvae.uns["ldvae"]["history"]
     adata = _simulated.copy()
     common = {"n_latent": 4, "max_epochs": 20, "batch_size": 64, "seed": 0}

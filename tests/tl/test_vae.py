@@ -215,6 +215,8 @@ def _restore_settings():
         ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*32\)"),
         ({"seed": 1.5}, r"seed must be an integer in \[0, 2\*\*32\)"),
         ({"device": 0}, r"device must be .* \(a string\), not 0"),
+        ({"n_restarts": 0}, r"n_restarts must be an integer >= 1, not 0"),
+        ({"n_restarts": 2, "validation_fraction": 0}, r"n_restarts=2 keeps the restart with the best held-out loss"),
     ],
 )
 def test_bad_arguments_are_named_before_training(simulated, kwargs, match):
@@ -348,3 +350,22 @@ def test_bad_mask_var_is_refused(simulated, mask_var, error, match):
     with pytest.raises(error, match=match):
         dgm.tl.vae(simulated, mask_var=mask_var, max_epochs=2)
     assert set(simulated.uns) | set(simulated.obsm) == keys
+
+
+def test_restarts_keep_the_best_heldout_loss_on_one_split(simulated):
+    kwargs = {**FAST, "max_epochs": 4, "seed": 3}
+    dgm.tl.vae(simulated, n_restarts=3, **kwargs)
+    metrics = simulated.uns["vae"]["metrics"]
+    losses, chosen = metrics["restart_validation_loss"], metrics["chosen_restart"]
+    assert len(losses) == 3 and chosen == int(np.argmin(losses))
+    assert metrics["validation_elbo"] == pytest.approx(losses[chosen])
+    assert simulated.uns["vae"]["params"]["n_restarts"] == 3
+    # restart 0 is the run of the same seed without restarts, on the same held-out cells
+    single = simulated.copy()
+    dgm.tl.vae(single, **kwargs)
+    assert single.uns["vae"]["metrics"]["validation_elbo"] == pytest.approx(losses[0])
+    np.testing.assert_array_equal(
+        single.uns["vae"]["split"]["validation_indices"], simulated.uns["vae"]["split"]["validation_indices"]
+    )
+    if chosen == 0:
+        np.testing.assert_allclose(single.obsm["X_vae"], simulated.obsm["X_vae"])

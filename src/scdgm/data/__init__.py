@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ._encoding import CategoryEncoding
 from ._prepare import PreparedData, prepare_data
 from ._split import split_indices
-from ._stats import dense_rows, feature_stats, principal_axes, row_blocks
+from ._stats import count_non_binary, dense_rows, feature_stats, principal_axes, row_blocks
 
 if TYPE_CHECKING:
     from ._batches import BatchStore, InMemoryStore, MiniBatches, StreamingStore
@@ -26,6 +26,7 @@ __all__ = [
     "MiniBatches",
     "PreparedData",
     "StreamingStore",
+    "count_non_binary",
     "dense_rows",
     "feature_stats",
     "prepare_data",

@@ -79,3 +79,12 @@ def principal_axes(
 def dense_rows(data: PreparedData, rows: np.ndarray) -> np.ndarray:
     block = data.read_row_index(rows)
     return np.asarray(block.toarray() if sp.issparse(block) else block, dtype=np.float32)
+
+
+def count_non_binary(data: PreparedData) -> int:
+    """Number of entries of ``data`` that are neither 0 nor 1, read chunk by chunk (backed data too)."""
+    n_bad = 0
+    for _, _, block in data.iter_chunks():
+        values = block.data if sp.issparse(block) else np.asarray(block).ravel()
+        n_bad += int(np.count_nonzero((values != 0) & (values != 1)))
+    return n_bad

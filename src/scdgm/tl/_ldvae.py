@@ -103,7 +103,9 @@ def ldvae_loadings(
     ``.obsm["X_<key_added>_unrotated"]``
         Posterior means as the encoder gives them.
     ``.uns["<key_added>"]``
-        ``params``; ``rotation`` (the factors x factors matrix taking unrotated to reported factors);
+        ``params`` (with a model trained here, also every argument of that training as resolved:
+        ``max_epochs``, ``kl_warmup_epochs``, ``loadings_l1``, ``n_restarts``, ``seed``, ...); ``rotation``
+        (the factors x factors matrix taking unrotated to reported factors);
         ``top_genes`` (``targets``: the factor names; ``positive`` / ``negative``: factors x ``n_top``
         genes with the most positive and most negative loadings, read them with
         :func:`scdgm.get.top_genes`); and, when a model is trained here, everything :func:`scdgm.tl.vae` records
@@ -162,7 +164,8 @@ def ldvae_loadings(
         run = train_vae(adata, options, device=device, seed=seed)
         latent, loadings = run.latent, run.module.linear_loadings().detach().cpu().numpy()
         uns_entry = run.uns_entry("ldvae_loadings")
-        source = {"source": "trained by dgm.tl.ldvae_loadings", "vae_params": run.params}
+        # the training's resolved arguments (max_epochs, kl_warmup_epochs, seed, ...) sit beside the tool's own
+        source = {"source": "trained by dgm.tl.ldvae_loadings", **run.params}
 
     known = np.nan_to_num(loadings)  # genes the model never saw (NaN rows) take no part in the rotation
     rot = varimax(known) if rotation == "varimax" else np.eye(loadings.shape[1])

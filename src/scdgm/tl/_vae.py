@@ -63,6 +63,7 @@ class VAEOptions(ToolOptions):
     early_stopping: bool = True
     patience: int = 30
     validation_fraction: float = 0.1
+    n_restarts: int = 1
     devices: int = 1
     precision: str = "32-true"
 
@@ -83,6 +84,13 @@ class VAEOptions(ToolOptions):
             check_int(name, getattr(self, name))
         TrainingOptions.of(self).check()
         check_fraction("validation_fraction", self.validation_fraction)
+        check_int("n_restarts", self.n_restarts)
+        if self.n_restarts > 1 and self.validation_fraction == 0:
+            msg = (
+                f"n_restarts={self.n_restarts} keeps the restart with the best held-out loss, but "
+                "validation_fraction=0 holds no cell out. Pass validation_fraction > 0 or n_restarts=1."
+            )
+            raise ValueError(msg)
         check_fraction("dropout", self.dropout)
         check_fraction("corruption", self.corruption)
         loadings_l1 = check_number("loadings_l1", self.loadings_l1, minimum=0.0)
@@ -94,13 +102,18 @@ class VAEOptions(ToolOptions):
             raise ValueError(msg)
 
 
-def _check_binary(data: PreparedData) -> None:
-    import scipy.sparse as sp
+def _held_out_loss(metrics: dict[str, Any]) -> float:
+    """The held-out negative ELBO of a VAE (the reconstruction loss of an autoencoder); inf without held-out cells."""
+    for name in ("validation_elbo", "validation_reconstruction"):
+        if name in metrics:
+            return float(metrics[name])
+    return float("inf")
 
-    if data.is_backed:
-        return
-    values = data.X.data if sp.issparse(data.X) else np.asarray(data.X).ravel()
-    n_bad = int(np.count_nonzero((values != 0) & (values != 1)))
+
+def _check_binary(data: PreparedData) -> None:
+    from ..data import count_non_binary
+
+    n_bad = count_non_binary(data)
     if n_bad:
         msg = (
             f"likelihood='bernoulli' needs binary (0/1) data, but {data.source} holds {n_bad} other values. "
@@ -135,6 +148,7 @@ def vae(
     early_stopping: bool = True,
     patience: int = 30,
     validation_fraction: float = 0.1,
+    n_restarts: int = 1,
     device: str | None = None,
     devices: int = 1,
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true",
@@ -196,6 +210,11 @@ def vae(
         Stop when the held-out loss has not improved for ``patience`` epochs; keep the best weights.
     validation_fraction
         Fraction of cells held out for early stopping and the held-out metrics.
+    n_restarts
+        Train this many models from different initialisations (seeds ``seed``, ``seed + 1``, ...) on
+        the same split and keep the one with the best held-out loss (negative ELBO for a VAE).
+        Costs ``n_restarts`` trainings; it steadies results that depend on the starting point, such
+        as the factors of a linear decoder.
     device
         ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``; ``None``
         follows ``dgm.settings.device``.
@@ -226,8 +245,9 @@ def vae(
         Per-epoch means of each loss term, ``train_*`` and ``validation_*`` (``elbo`` is the
         negative ELBO per cell, lower is better), and the KL weight.
     ``.uns["<key_added>"]["metrics"]``
-        Held-out (``validation_*``) and training per-cell negative ELBO, reconstruction and KL of the
-        kept model, and training speed.
+        Held-out (``validation_*``) and training (``train_*``, on up to 5,000 training cells drawn with
+        ``seed``) per-cell negative ELBO, reconstruction and KL of the kept model, and training speed; with ``n_restarts > 1`` also ``restart_validation_loss`` (the
+        held-out loss of every restart) and ``chosen_restart``.
     ``.uns["<key_added>"]["model"]``
         Architecture arguments, weights as numpy arrays, feature names, category encodings and input
         slot, so that :func:`scdgm.get_model`, :func:`scdgm.tl.denoise` and :func:`scdgm.tl.embed`
@@ -295,20 +315,33 @@ def train_vae(adata: AnnData, options: VAEOptions, *, device: str | None, seed: 
     )
     train_idx, val_idx = split_indices(data.n_obs, validation_fraction=options.validation_fraction, seed=seed)
     n_batch = data.encodings["batch"].n_categories if "batch" in data.encodings else 0
-    with seeded(seed, device):
-        module = VAEModule(data.n_vars, n_batch=n_batch, **{name: getattr(options, name) for name in _MODULE_ARGUMENTS})
-        trained = train_module(
-            module,
-            data,
-            train_idx,
-            val_idx,
-            TrainingOptions.of(options),
-            device=device,
-            seed=seed,
-            variational=options.kind == "vae",
-            description=f"{options.kind} ({options.likelihood})",
-        )
-        latent = predict_cells(module, data, lambda m, b: m.latent_mean(b), device=device)
+    restarts: list[tuple[float, Any, Any]] = []
+    for restart in range(options.n_restarts):
+        # every restart sees the same split; only the initialisation and the minibatch order change
+        with seeded(seed + restart, device):
+            module = VAEModule(
+                data.n_vars, n_batch=n_batch, **{name: getattr(options, name) for name in _MODULE_ARGUMENTS}
+            )
+            trained = train_module(
+                module,
+                data,
+                train_idx,
+                val_idx,
+                TrainingOptions.of(options),
+                device=device,
+                seed=seed + restart,
+                variational=options.kind == "vae",
+                description=f"{options.kind} ({options.likelihood})"
+                + (f", restart {restart + 1}/{options.n_restarts}" if options.n_restarts > 1 else ""),
+            )
+        restarts.append((_held_out_loss(trained.metrics), module, trained))
+    chosen = int(np.argmin([loss for loss, _, _ in restarts]))
+    _, module, trained = restarts[chosen]
+    if options.n_restarts > 1:
+        trained.metrics["restart_validation_loss"] = np.array([loss for loss, _, _ in restarts])
+        trained.metrics["chosen_restart"] = chosen
+        logger.info(f"    kept restart {chosen + 1} of {options.n_restarts} (best held-out loss)")
+    latent = predict_cells(module, data, lambda m, b: m.latent_mean(b), device=device)
     if options.counts and trained.metrics.get("train_reconstruction", 0.0) < 0:
         msg = (
             "The count model reports a negative reconstruction loss, which counts cannot have: the input is "
