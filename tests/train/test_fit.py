@@ -86,6 +86,10 @@ def test_fit_learns_and_records_history():
     assert result.monitor == "elbo"
     assert result.train_cells_per_second > 0
     assert not module.training
+    seconds = np.asarray(hist["epoch_seconds"])
+    assert seconds.shape == (30,) and (seconds > 0).all()
+    # the epochs' training time is the loop's, validation excluded
+    assert result.train_cells_per_second == pytest.approx(30 * 160 / seconds.sum(), rel=1e-6)
 
 
 def test_kl_weight_follows_warmup_and_reaches_beta():

@@ -30,7 +30,8 @@ def history(adata: AnnData, key: str = "vae", *, long: bool = False) -> pd.DataF
     Returns
     -------
     With ``long=False``, one row per epoch with the columns of ``.uns[key]["history"]``, ``epoch``
-    first: ``kl_weight`` and ``train_<term>`` / ``validation_<term>`` (``loss``, ``elbo``, ...).
+    first: ``kl_weight``, ``epoch_seconds`` (wall time of the epoch's training steps; runs from
+    scdgm 0.3 on) and ``train_<term>`` / ``validation_<term>`` (``loss``, ``elbo``, ...).
 
     With ``long=True``, the ``train_`` and ``validation_`` columns only, with columns
 

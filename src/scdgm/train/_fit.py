@@ -32,7 +32,8 @@ class TrainResult:
     ----------
     history
         Per-epoch means of every loss term, ``"train_<term>"`` and ``"validation_<term>"``, plus
-        ``"epoch"`` and ``"kl_weight"`` (the weight at the end of each epoch).
+        ``"epoch"``, ``"kl_weight"`` (the weight at the end of each epoch) and ``"epoch_seconds"`` (the
+        wall time of each epoch's training steps, validation excluded).
     n_epochs
         Epochs run.
     best_epoch
@@ -384,7 +385,7 @@ def _train(fabric: Any, module: Any, train: Any, validation: Any, options: _Opti
 
     has_validation = validation is not None and len(validation) > 0
     result = TrainResult()
-    history: dict[str, list[float]] = {"epoch": [], "kl_weight": []}
+    history: dict[str, list[float]] = {"epoch": [], "kl_weight": [], "epoch_seconds": []}
     best_value, best_state, epochs_without_gain = math.inf, None, 0
     step = 0
     train_seconds, train_cells = 0.0, 0
@@ -408,7 +409,8 @@ def _train(fabric: Any, module: Any, train: Any, validation: Any, options: _Opti
             )
             raise TrainingError(msg) from error
         means = epoch_means(sums, n_cells, "train")
-        train_seconds += time.perf_counter() - t0
+        epoch_seconds = time.perf_counter() - t0  # epoch_means synchronised with the device
+        train_seconds += epoch_seconds
         train_cells += n_cells * fabric.world_size
         if has_validation:
             fmodule.eval()
@@ -423,6 +425,7 @@ def _train(fabric: Any, module: Any, train: Any, validation: Any, options: _Opti
             raise TrainingError(msg)
         history["epoch"].append(epoch)
         history["kl_weight"].append(warmup.weight(max(step - 1, 0)))
+        history["epoch_seconds"].append(epoch_seconds)
         for name, value in means.items():
             history.setdefault(name, []).append(value)
         term = getattr(module, "early_stopping_term", None)
