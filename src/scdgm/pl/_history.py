@@ -17,6 +17,7 @@ _LABELS = {
     "kl": "KL(q(z|x) ‖ p(z)) per cell",
     "loss": "training objective per cell",
     "penalty": "penalty on the parameters per cell",
+    "pseudo_nll": "negative pseudo-log-likelihood per cell",
 }
 # A Bayesian classifier's KL is between the weights' guide and prior, spread over the training cells.
 _CLASSIFIER_LABELS = {
