@@ -288,3 +288,26 @@ def test_generate_then_judge_the_synthetic_cells(trained, source, tmp_path, caps
     assert "classifier_auroc" in printed and "control" in printed
     table = dgm.get.synthetic_quality(ad.read_h5ad(judged))
     assert set(table["comparison"]) == {"synthetic", "control"}
+
+
+def test_predict_perturbation_differential_expression_and_decode(tmp_path):
+    source = tmp_path / "conditions.h5ad"
+    data = dgm.datasets.simulate(150, 30, n_cell_types=3, n_conditions=2, seed=0)
+    held = ((data.obs["cell_type"] == "type_0") & (data.obs["condition"] == "condition_1")).to_numpy()
+    data[~held].copy().write_h5ad(source)
+    trained = tmp_path / "vae.h5ad"
+    assert main(["vae", str(source), str(trained), *VAE_ARGS, "--no-early-stopping"]) == 0
+    predicted = tmp_path / "predicted.h5ad"
+    args = ["--condition-key", "condition", "--control", "control", "--perturbed", "condition_1"]
+    args += ["--groupby", "cell_type", "--group", "type_0", "--seed", "1"]
+    assert main(["predict_perturbation", str(trained), str(predicted), *args]) == 0
+    cells = ad.read_h5ad(predicted)
+    assert set(cells.obs["cell_type"]) == {"type_0"} and list(dgm.get.perturbation(cells)["group"])[-1] == "delta"
+    tested = tmp_path / "de.h5ad"
+    args = ["--groupby", "cell_type", "--groups", "type_1", "--n-samples", "5"]
+    assert main(["differential_expression", str(trained), str(tested), *args]) == 0
+    table = dgm.get.differential_expression(ad.read_h5ad(tested), "type_1")
+    assert len(table) == 30
+    decoded = tmp_path / "decoded.h5ad"
+    assert main(["decode", str(trained), str(decoded), "X_vae", "--no-sample"]) == 0
+    assert ad.read_h5ad(decoded).n_obs == ad.read_h5ad(trained).n_obs

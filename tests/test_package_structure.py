@@ -10,7 +10,7 @@ import scdgm as dgm
 
 # Tools that return something new (an AnnData of synthetic cells, a table) instead of writing into adata
 # take no copy=.
-RETURN_NEW = {"generate", "synthetic_quality", "predict_perturbation"}
+RETURN_NEW = {"generate", "synthetic_quality", "predict_perturbation", "decode"}
 NAMESPACES = {"pp": dgm.pp, "tl": dgm.tl, "pl": dgm.pl, "get": dgm.get}
 PUBLIC = [(ns, name, getattr(module, name)) for ns, module in NAMESPACES.items() for name in module.__all__]
 

@@ -170,13 +170,42 @@ class ClassifierKeys(_Stem):
 
 @dataclass(frozen=True)
 class SyntheticKeys(_Stem):
-    """Keys written by ``tl.generate`` (in the new AnnData of synthetic cells)."""
+    """Keys written by ``tl.generate`` and ``tl.decode`` (in the new AnnData of synthetic cells)."""
 
     stem: str
 
     @property
     def uns(self) -> str:
         """Provenance of the synthetic cells (model key, params, seed): ``.uns["<stem>"]``."""
+        return self.stem
+
+
+@dataclass(frozen=True)
+class PerturbationKeys(_Stem):
+    """Keys written by ``tl.predict_perturbation`` (in the new AnnData of predicted cells)."""
+
+    stem: str
+
+    @property
+    def uns(self) -> str:
+        """The latent delta, the groups it was learnt from, the control cells' means and params: ``.uns["<stem>"]``."""
+        return self.stem
+
+
+@dataclass(frozen=True)
+class DifferentialExpressionKeys(_Stem):
+    """Keys written by ``tl.differential_expression``."""
+
+    stem: str
+
+    @classmethod
+    def of_model(cls, model_key: str) -> DifferentialExpressionKeys:
+        """The default keys for the model in ``.uns[model_key]``: ``"rank_genes_groups_<model_key>"``."""
+        return cls(f"rank_genes_groups_{model_key}")
+
+    @property
+    def uns(self) -> str:
+        """Results in the layout of ``sc.tl.rank_genes_groups``, and params: ``.uns["<stem>"]``."""
         return self.stem
 
 

@@ -259,3 +259,27 @@ def test_denoise_follows_the_settings_seed(trained):
     dgm.tl.denoise(trained, n_samples=3, key_added="default")
     np.testing.assert_array_equal(trained.layers["default"], trained.layers["seed5"])
     assert trained.uns["default"]["params"]["seed"] == 5
+
+
+def test_denoise_log1p_and_its_warning_against_testing(trained):
+    import logging
+
+    assert "differential_expression" in dgm.tl.denoise.__doc__
+    dgm.tl.denoise(trained, key_added="plain")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("scdgm")
+    logger.addHandler(handler)
+    dgm.settings.verbosity = 2
+    try:
+        dgm.tl.denoise(trained, log1p=True, key_added="logged")
+    finally:
+        logger.removeHandler(handler)
+        dgm.settings.verbosity = 1
+    np.testing.assert_allclose(trained.layers["logged"], np.log1p(trained.layers["plain"]), rtol=1e-5)
+    assert trained.uns["logged"]["params"]["log1p"] is True
+    said = " ".join(record.getMessage() for record in records)
+    assert "not data" in said and "dgm.tl.differential_expression" in said
+    with pytest.raises(ValueError, match="log1p"):
+        dgm.tl.denoise(trained, log1p="yes")

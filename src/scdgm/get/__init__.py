@@ -2,8 +2,22 @@
 
 from ._attributions import attributions
 from ._calibration import calibration
+from ._differential_expression import differential_expression
 from ._genes import loadings, top_genes
+from ._patterns import patterns
+from ._perturbation import perturbation
 from ._synthetic import synthetic_quality
 from ._training import history, metrics
 
-__all__ = ["attributions", "calibration", "history", "loadings", "metrics", "synthetic_quality", "top_genes"]
+__all__ = [
+    "attributions",
+    "calibration",
+    "differential_expression",
+    "history",
+    "loadings",
+    "metrics",
+    "patterns",
+    "perturbation",
+    "synthetic_quality",
+    "top_genes",
+]

@@ -14,6 +14,10 @@ _DEFAULT_KEYS = {
     "ldvae_loadings": "ldvae",
     "bayes_classify": "bayes",
     "synthetic_quality": "synthetic_quality",
+    "dbm": "dbm",
+    "pattern_extractor": "patterns",
+    "predict_perturbation": "perturbation",
+    "differential_expression": "rank_genes_groups_vae",
 }
 
 

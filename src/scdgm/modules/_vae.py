@@ -502,6 +502,27 @@ class VAEModule(BaseModule):
         params = self.generative(z.reshape(-1, self.n_latent), library.repeat(n_samples, 1), repeat_index)
         return self._mean_of(params).reshape(n_samples, n_cells, -1).mean(0)
 
+    def decoded_mean(
+        self, z: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean of ``p(x | z)``: what :meth:`expected_expression` returns, from given latent codes.
+
+        Parameters
+        ----------
+        z
+            Latent codes, cells x ``n_latent``.
+        library
+            Library sizes, shape ``(cells, 1)``; used by count likelihoods.
+        batch_index
+            Batch codes, shape ``(cells,)``; required when ``n_batch > 0``.
+
+        Returns
+        -------
+        Cells x genes: ``scale * library`` for count likelihoods (without zero inflation), the mean for
+        ``"normal"``, the probability of a one for ``"bernoulli"``.
+        """
+        return self._mean_of(self.generative(z, library, batch_index))
+
     def sample_counts(
         self,
         z: torch.Tensor,

@@ -34,6 +34,7 @@ __all__ = [
     "check_positive",
     "check_same_features",
     "check_uns_free",
+    "obs_groups",
     "output_stem",
     "resolve_device_seed",
     "top_genes_entry",
@@ -108,6 +109,23 @@ def output_stem(adata: AnnData, key_added: str | None, model_key: str, *, tool: 
     stem = f"{model_key}_{suffix}"
     logger.info(f"    .uns[{model_key!r}] holds a trained model: writing the results of {tool} under {stem!r}")
     return stem
+
+
+def obs_groups(adata: AnnData, key: Any, *, argument: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """The groups of ``adata.obs[key]`` as strings (category order, else sorted) and each cell's code (``-1``: missing).
+
+    A ``KeyError`` naming ``argument`` when ``key`` is not a column, a ``ValueError`` when it holds no group.
+    """
+    from ..data import CategoryEncoding
+
+    if not isinstance(key, str) or key not in adata.obs:
+        msg = f"{argument}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
+        raise KeyError(msg)
+    encoding = CategoryEncoding.fit(adata.obs[key], key)
+    if encoding.n_categories == 0:
+        msg = f"adata.obs[{key!r}] ({argument}) holds no group: every value is missing."
+        raise ValueError(msg)
+    return encoding.categories, encoding.encode(adata.obs[key], allow_missing=True)
 
 
 def top_genes_entry(values: np.ndarray, var_names: Any, targets: Any, n_top: int) -> dict[str, np.ndarray]:

@@ -54,6 +54,16 @@ class GenerationPlan:
         Per synthetic cell, the batch code to decode into; ``None`` for models without batches.
     seed
         Seeds every draw of the generator.
+    codes
+        Latent codes to decode as they are, one row per synthetic cell (:func:`scdgm.tl.decode`);
+        ``donors`` and ``pools`` are then not read. ``None``: codes drawn as ``latent`` says.
+    shift
+        A latent vector added to every code drawn (:func:`scdgm.tl.predict_perturbation`'s delta).
+    mean
+        Decode to the likelihood's mean instead of drawing from it.
+    burn_in, thinning
+        For models sampled by Markov chains (Boltzmann machines): sweeps before a chain yields its
+        first cell, and between two cells of the same chain; ``None``: the generator's defaults.
     """
 
     donors: np.ndarray
@@ -63,6 +73,11 @@ class GenerationPlan:
     library: np.ndarray | None
     batch: np.ndarray | None
     seed: int
+    codes: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    mean: bool = False
+    burn_in: int | None = None
+    thinning: int | None = None
 
     @property
     def n_cells(self) -> int:
@@ -80,10 +95,13 @@ class Generator:
         ``sample(applied, plan)`` -> cells x model features (CSR or dense ``float32``), in plan order.
     check
         ``check(record, latent, key)`` raises, before any work, when the model cannot draw from ``latent``.
+    mcmc
+        Whether the model is sampled by Markov chains, so that ``burn_in`` and ``thinning`` apply.
     """
 
     sample: Callable[[AppliedModel, GenerationPlan], Any]
     check: Callable[[ModelRecord, str, str], None]
+    mcmc: bool = False
 
 
 GENERATORS: dict[str, Generator] = {}
@@ -91,12 +109,12 @@ GENERATORS: dict[str, Generator] = {}
 
 
 def register_generator(
-    class_name: str, *, check: Callable[[ModelRecord, str, str], None]
+    class_name: str, *, check: Callable[[ModelRecord, str, str], None], mcmc: bool = False
 ) -> Callable[[Callable], Callable]:
     """Register how the stored models of ``class_name`` draw synthetic cells (see :class:`Generator`)."""
 
     def decorate(sample: Callable[[AppliedModel, GenerationPlan], Any]) -> Callable:
-        GENERATORS[class_name] = Generator(sample=sample, check=check)
+        GENERATORS[class_name] = Generator(sample=sample, check=check, mcmc=mcmc)
         return sample
 
     return decorate
@@ -112,6 +130,8 @@ def generate(
     latent: str = "posterior",
     batch: str | None = None,
     library_size: float | None = None,
+    burn_in: int | None = None,
+    thinning: int | None = None,
     device: str | None = None,
     seed: int | None = None,
     key_added: str = "synthetic",
@@ -168,6 +188,13 @@ def generate(
     library_size
         For count likelihoods: the library size (total counts) of every synthetic cell. Default: each
         cell's inherited (``"posterior"``) or resampled (``"prior"``) one.
+    burn_in, thinning
+        Boltzmann machines (:func:`scdgm.tl.dbm`) only, which are sampled by block Gibbs chains: one
+        chain per distinct training cell picked, started at that cell (``"posterior"``) or at random
+        (``"prior"``); it runs ``burn_in`` sweeps (default 500) and then yields a cell every ``thinning``
+        sweeps (default 10) for as many times as its cell was picked. After a long burn-in the chains
+        forget where they started: their cells are draws from the model, and groups are only as
+        distinct as the chains' slow mixing keeps them.
     device
         Where the model runs; ``None`` follows ``dgm.settings.device``.
     seed
@@ -223,12 +250,14 @@ def generate(
             )
             raise ValueError(msg)
     generator.check(record, latent, model_key)
+    _check_chains(generator, record, burn_in, thinning, model_key)
     device, seed = resolve_device_seed(device, seed)
 
     applied = apply_stored_model(adata, model_key, device=device)
     plan = _plan(
         applied, groups, n_cells if n_cells is not None else adata.n_obs, latent, batch_code, library_size, seed
     )
+    plan.burn_in, plan.thinning = burn_in, thinning
     from ..train import seeded
 
     with seeded(seed, device):
@@ -248,6 +277,8 @@ def generate(
         latent=latent,
         batch=batch,
         library_size=library_size,
+        burn_in=burn_in,
+        thinning=thinning,
         seed=seed,
     )
     provenance = {
@@ -263,6 +294,19 @@ def generate(
 
 
 # ---------------------------------------------------------------------- validation
+
+
+def _check_chains(generator: Generator, record: ModelRecord, burn_in: Any, thinning: Any, key: str) -> None:
+    for name, value, minimum in (("burn_in", burn_in, 0), ("thinning", thinning, 1)):
+        if value is None:
+            continue
+        if not generator.mcmc:
+            msg = (
+                f"{name}={value!r} applies to models sampled by Markov chains (Boltzmann machines, `dgm.tl.dbm`); "
+                f"the model in .uns[{key!r}] is a {record.class_name!r}, drawn directly. Leave {name}=None."
+            )
+            raise ValueError(msg)
+        check_int(name, value, minimum=minimum)
 
 
 def _generator_of(record: ModelRecord, key: str) -> Generator:
@@ -457,12 +501,20 @@ def vae_latents(
     ``"posterior"``: a VAE draws from each donor's ``q(z | x)``; an autoencoder draws from a Gaussian
     kernel of Scott's bandwidth (over the donor's pool) around the donor's code. ``"prior"``: ``N(0, I)``.
     Only the posterior parameters of the training cells are held, never every synthetic cell's ``z``.
+    Given ``plan.codes`` are yielded as they are; ``plan.shift`` is added to every drawn code.
     """
     import torch
 
     module = applied.module
     device = applied.device
     n_latent = int(module.n_latent)
+    chunk = max(1, _CHUNK_ENTRIES // module.n_input)
+    if plan.codes is not None:
+        for start in range(0, len(plan.codes), chunk):
+            cells = slice(start, min(start + chunk, len(plan.codes)))
+            yield cells, torch.as_tensor(plan.codes[cells], dtype=torch.float32, device=device)
+        return
+    shift = 0.0 if plan.shift is None else torch.as_tensor(plan.shift, dtype=torch.float32, device=device)
     variational = module.kind == "vae"
     center = scale = where = None
     if plan.latent == "posterior":
@@ -474,21 +526,21 @@ def vae_latents(
             scale = np.sqrt(encoded[:, n_latent:])
         else:
             scale = np.stack([scott_bandwidth(center[np.searchsorted(rows, pool)]) for pool in plan.pools])
-    chunk = max(1, _CHUNK_ENTRIES // module.n_input)
     for start in range(0, plan.n_cells, chunk):
         cells = slice(start, min(start + chunk, plan.n_cells))
         noise = torch.randn((cells.stop - cells.start, n_latent), generator=generator, device=device)
         if center is None:
-            yield cells, noise
+            yield cells, noise + shift
             continue
         donor_rows = where[cells]
         spread = scale[donor_rows] if variational else scale[plan.pool_of_cell[cells]]
-        yield cells, torch.as_tensor(center[donor_rows], device=device) + torch.as_tensor(spread, device=device) * noise
+        z = torch.as_tensor(center[donor_rows], device=device) + torch.as_tensor(spread, device=device) * noise
+        yield cells, z + shift
 
 
 @register_generator("VAEModule", check=_check_vae)
 def _sample_vae(applied: AppliedModel, plan: GenerationPlan) -> np.ndarray | sp.csr_matrix:
-    """Draws of ``p(x | z)`` from a VAEModule at the codes of :func:`vae_latents`, chunk by chunk."""
+    """Draws of ``p(x | z)`` (its means with ``plan.mean``) from a VAEModule at the codes of :func:`vae_latents`."""
     import torch
 
     module = applied.module
@@ -502,8 +554,12 @@ def _sample_vae(applied: AppliedModel, plan: GenerationPlan) -> np.ndarray | sp.
         else:
             library = torch.as_tensor(plan.library[cells], dtype=torch.float32, device=device).reshape(-1, 1)
         batch_index = None if plan.batch is None else torch.as_tensor(plan.batch[cells], device=device)
-        x = module.sample_counts(z, library, batch_index, generator=generator).cpu().numpy().astype(np.float32)
-        parts.append(x if module.likelihood == "normal" else sp.csr_matrix(x))
-    if module.likelihood == "normal":
+        if plan.mean:
+            with torch.no_grad():
+                x = module.decoded_mean(z, library, batch_index).cpu().numpy().astype(np.float32)
+        else:
+            x = module.sample_counts(z, library, batch_index, generator=generator).cpu().numpy().astype(np.float32)
+        parts.append(x if module.likelihood == "normal" or plan.mean else sp.csr_matrix(x))
+    if module.likelihood == "normal" or plan.mean:
         return np.concatenate(parts)
     return sp.vstack(parts, format="csr", dtype=np.float32)

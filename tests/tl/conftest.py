@@ -1,0 +1,65 @@
+"""A perturbation simulation with one cell type's perturbed cells held out, and a small VAE trained once on the rest."""
+
+import numpy as np
+import pytest
+
+import scdgm as dgm
+
+HELD_OUT = "type_0"
+PERTURBATION = {"condition_key": "condition", "control": "control", "perturbed": "condition_1", "groupby": "cell_type"}
+
+
+def expected_log_expression(adata):
+    """Per cell, the simulator's noise-free expected ``log1p`` counts per 10,000 (cells x genes)."""
+    sim = adata.uns["simulation"]
+    log_rate = adata.obsm["program_activity"].astype(np.float64) @ adata.varm["programs"].T
+    if sim["program_model"] != "log-linear":
+        log_rate = np.log1p(log_rate)
+    log_rate += adata.var["base_log_expression"].to_numpy()
+    types = adata.obs["cell_type"].cat.codes.to_numpy()
+    if "condition" in adata.obs:
+        log_rate += sim["condition_log_change"][adata.obs["condition"].cat.codes.to_numpy(), types]
+    log_rate += np.log(sim["marker_fold_change"]) * adata.varm["markers"].T[types]
+    if "batch_effects" in adata.varm:
+        log_rate += np.log(adata.varm["batch_effects"]).T[adata.obs["batch"].cat.codes.to_numpy()]
+    log_rate -= log_rate.max(1, keepdims=True)
+    proportions = np.exp(log_rate)
+    proportions /= proportions.sum(1, keepdims=True)
+    return np.log1p(1e4 * proportions)
+
+
+@pytest.fixture(scope="session")
+def _perturbation_data():
+    """600 cells x 40 genes, 3 types, control and condition_1 (a strong, mostly shared response)."""
+    return dgm.datasets.simulate(
+        600,
+        40,
+        n_cell_types=3,
+        n_conditions=2,
+        n_programs=4,
+        response_fraction=0.2,
+        response_sd=1.5,
+        response_type_sd=0.2,
+        seed=0,
+    )
+
+
+@pytest.fixture(scope="session")
+def _perturbation_model(_perturbation_data):
+    adata = _perturbation_data
+    held = ((adata.obs["cell_type"] == HELD_OUT) & (adata.obs["condition"] == "condition_1")).to_numpy()
+    train = adata[~held].copy()
+    dgm.tl.vae(train, n_latent=6, n_hidden=32, max_epochs=50, batch_size=64, seed=0)
+    return train
+
+
+@pytest.fixture
+def perturbation_data(_perturbation_data):
+    """The full simulation, held-out cells included (a fresh copy)."""
+    return _perturbation_data.copy()
+
+
+@pytest.fixture
+def perturbation_model(_perturbation_model):
+    """The simulation without type_0's perturbed cells, with an NB VAE under "vae" (a fresh copy)."""
+    return _perturbation_model.copy()
