@@ -212,6 +212,32 @@ def test_attributions_errors(stored):
         get.attributions(stored, "ig_bayes", group="all")
 
 
+def test_attributions_of_each_class_in_its_own_cells(stored, tmp_path):
+    stored.uns["ig_bayes"]["group_means"]["groups"] = np.array(["B", "T/NK"], dtype=object)  # the classes, reversed
+    adata = _roundtrip(stored, tmp_path)
+    values = stored.uns["ig_bayes"]["group_means"]["values"]
+    table = get.attributions(adata, "ig_bayes", groupby="cell_type")
+    assert list(table.columns) == ["group", "gene", "target", "attribution"]
+    assert (table["group"] == table["target"]).all() and len(table) == len(GENES) * 2
+    pivot = table.pivot(index="gene", columns="target", values="attribution").loc[GENES]
+    np.testing.assert_allclose(pivot["T/NK"], values[1, :, 0])  # class 0 over the cells of group "T/NK"
+    np.testing.assert_allclose(pivot["B"], values[0, :, 1])
+    with pytest.raises(ValueError, match=re.escape("are over 'cell_type', not groupby='bayes_pred'")):
+        get.attributions(stored, "ig_bayes", groupby="bayes_pred")
+    with pytest.raises(ValueError, match="not both"):
+        get.attributions(stored, "ig_bayes", groupby="cell_type", group="B")
+    with pytest.raises(ValueError, match="stored signed only"):
+        get.attributions(stored, "ig_bayes", groupby="cell_type", absolute=True)
+
+
+def test_attributions_groupby_needs_classes_named_like_groups(stored):
+    with pytest.raises(ValueError, match=re.escape("no target of .uns['ig_bayes'] (['T/NK', 'B']) names a group")):
+        get.attributions(stored, "ig_bayes", groupby="cell_type")
+    del stored.uns["ig_bayes"]["group_means"]
+    with pytest.raises(KeyError, match=re.escape("model_key='bayes', groupby='cell_type')")):
+        get.attributions(stored, "ig_bayes", groupby="cell_type")
+
+
 def test_attributions_old_group_layout(stored):
     stored.uns["ig_bayes"]["group_means"] = {"B cell": np.zeros((len(GENES), 2))}
     with pytest.raises(ValueError, match="layout of scdgm 0.1"):

@@ -8,6 +8,7 @@ from torch import nn
 from scdgm.modules import VAEModule
 from scdgm.modules._attribution import (
     LinearFirst,
+    SampledBaselines,
     accumulate,
     bytes_per_cell,
     classifier_head,
@@ -187,6 +188,36 @@ def test_accumulate_equals_one_call_over_all_cells():
     for g in range(2):
         np.testing.assert_allclose(out.group_means[g], a[in_group == g].mean(0).numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(out.group_means[2], 0.0)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_sampled_baselines_average_the_paths_from_each(fast):
+    """Expected gradients: each cell's attributions are the mean over its reference cells of the
+    attributions against each; they sum to F(x) minus the mean of F over those references."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3)).eval()  # smooth: the rule is exact enough
+    model = _as_linear_first(net) if fast else (lambda u, c: net(u))
+    torch.manual_seed(4)
+    x = torch.randn(8, 12)
+    references = torch.tensor([[3, 5], [4, 4], [0, 7], [1, 6], [2, 0], [7, 1], [5, 2], [6, 3]])
+    served = []
+
+    def fetch(rows):
+        served.append(rows.clone())
+        return x[rows]
+
+    sampled = SampledBaselines(references, fetch, n_features=12)
+    batches = [{"x": x[i], "index": i} for i in torch.arange(8).split(3)]
+    out = accumulate(model, batches, n_obs=8, baseline=sampled, targets=[0, 2], n_steps=24, store_per_cell=True)
+    assert sampled.n_baselines == 2
+    torch.testing.assert_close(torch.cat(served), references.reshape(-1))  # cell-major, chunk by chunk
+    each = [integrated_gradients(model, x, x[references[:, k]], targets=[0, 2], n_steps=24) for k in range(2)]
+    expected = (each[0].attributions + each[1].attributions) / 2
+    np.testing.assert_allclose(out.per_cell, expected.transpose(0, 1).numpy(), rtol=1e-5, atol=1e-6)
+    change = each[0].output - (each[0].baseline_output + each[1].baseline_output) / 2
+    np.testing.assert_allclose(out.output_change, change.double().mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.per_cell.sum(-1).T, change.numpy(), rtol=1e-3, atol=1e-4)  # complete
+    assert float(np.max(out.delta)) < 1e-3
 
 
 def test_fast_path_equals_generic_path_with_per_cell_baselines():

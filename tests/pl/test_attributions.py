@@ -161,6 +161,56 @@ def test_group_means(result):
     np.testing.assert_allclose(dots.get_sizes(), 300 * MEAN_ABS[6] / MEAN_ABS[6].max(), rtol=1e-5)
 
 
+@pytest.fixture
+def classes(result):
+    """``result`` as a classifier's: group means over groups named like two of the three classes."""
+    own = np.zeros((2, len(GENES), len(TARGETS)))
+    own[0, :, 0] = [0.1, 0.9, -0.4, 0.0, 0.3, 0.2, -1.0, np.nan]  # t_a in its own cells
+    own[1, :, 2] = [0.0, 0.2, 0.6, -0.7, 0.1, 0.5, 0.3, np.nan]  # t_c in its own cells
+    own[0, :, 2] = own[1, :, 0] = 5.0  # a class in the other group's cells: never shown
+    result.uns["ig_vae"]["group_means"] = {
+        "groups": np.asarray(["t_c", "t_a"], dtype=object),
+        "sizes": np.asarray([4, 4]),
+        "values": own[::-1].astype(np.float32),
+    }
+    return result
+
+
+def test_groupby_shows_each_class_in_its_own_cells(classes):
+    ax = dgm.pl.attributions(classes, groupby="group", n_top=2, show=False)
+    # one row per class with a group of its name (t_b has none); genes by each row's |mean|
+    assert _ylabels(ax) == ["t_a", "t_c"]
+    assert _xlabels(ax) == ["g6", "g1", "g3", "g2"]
+    np.testing.assert_allclose(ax.images[0].get_array(), [[-1.0, 0.9, 0.0, -0.4], [0.3, 0.2, -0.7, 0.6]], rtol=1e-6)
+    assert ax.get_title() == "integrated gradients (ig_vae), each class in its own cells (group)"
+    ax = dgm.pl.attributions(classes, groupby="group", targets=["t_c"], n_top=2, rank_by="positive", show=False)
+    assert _ylabels(ax) == ["t_c"] and _xlabels(ax) == ["g2", "g5"]
+    ax = dgm.pl.attributions(classes, groupby="group", n_top=1, kind="dotplot", show=False)
+    (dots,) = ax.collections
+    np.testing.assert_allclose(dots.get_array(), [-1.0, 0.0, 0.3, -0.7], rtol=1e-6)  # rows t_a, t_c x genes g6, g3
+    np.testing.assert_allclose(dots.get_sizes(), 300 * np.array([1.0, 0.0, 0.3, 0.7]), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"groupby": "cell_type"}, ValueError, "are over 'group', not groupby='cell_type'"),
+        ({"groupby": "group", "targets": ["t_b"]}, KeyError, "target 't_b' names no group of 'group'"),
+        ({"groupby": "group", "group": "t_a"}, ValueError, "not both"),
+    ],
+)
+def test_groupby_bad_input(classes, kwargs, error, match):
+    before = plt.get_fignums()
+    with pytest.raises(error, match=match):
+        dgm.pl.attributions(classes, show=False, **kwargs)
+    assert plt.get_fignums() == before
+
+
+def test_groupby_needs_classes_named_like_groups(result):
+    with pytest.raises(ValueError, match="no target of .uns\\['ig_vae'\\] .* names a group"):
+        dgm.pl.attributions(result, groupby="group", show=False)
+
+
 def test_returns_axes_figure_or_none(result):
     fig = dgm.pl.attributions(result, n_top=1, return_fig=True)
     assert isinstance(fig, plt.Figure) and len(fig.axes) == 2

@@ -10,6 +10,9 @@ straight path the pre-activation of that layer is ``z0 + a * W (u - u0)``, so th
 product is computed once per cell instead of once per step, the rest of the network runs on the
 scaled pre-activations, and the gradients are carried back through ``W`` in one matrix product after
 summing over steps. The result is the same integral, computed with the same rule.
+
+Baselines may also be drawn from reference cells (:class:`SampledBaselines`, expected gradients): each
+cell is attributed along the full path from each of its references and the attributions averaged.
 """
 
 from __future__ import annotations
@@ -133,20 +136,29 @@ class Attributions:
     output
         Model outputs at the inputs, ``(cells, targets)``.
     baseline_output
-        Model outputs at the baselines, ``(cells, targets)``.
+        Model outputs at the baselines, ``(cells, targets)`` (the mean over a cell's baselines when
+        it has several).
+    path_change
+        Size of the output change integrated, ``(cells, targets)``, when it is not
+        ``|output - baseline_output|``: with several baselines per cell, the mean of
+        ``|F(x) - F(b_k)|`` over them (their changes may cancel in the mean while each path's
+        quadrature error does not).
     """
 
     attributions: torch.Tensor
     output: torch.Tensor
     baseline_output: torch.Tensor
+    path_change: torch.Tensor | None = None
 
     @property
     def delta(self) -> torch.Tensor:
         """Relative completeness error per cell, see :func:`completeness_error`."""
-        return completeness_error(self.attributions, self.output - self.baseline_output)
+        return completeness_error(self.attributions, self.output - self.baseline_output, scale=self.path_change)
 
 
-def completeness_error(attributions: torch.Tensor, difference: torch.Tensor, *, floor: float = 1e-6) -> torch.Tensor:
+def completeness_error(
+    attributions: torch.Tensor, difference: torch.Tensor, *, scale: torch.Tensor | None = None, floor: float = 1e-6
+) -> torch.Tensor:
     """Relative completeness error per cell.
 
     Integrated gradients are complete: a cell's attributions to target ``t`` sum to
@@ -163,6 +175,9 @@ def completeness_error(attributions: torch.Tensor, difference: torch.Tensor, *, 
         ``(cells, targets, features)``.
     difference
         ``F(x) - F(baseline)``, ``(cells, targets)``.
+    scale
+        Output change to divide by, ``(cells, targets)``, instead of ``|difference|`` (for several
+        baselines per cell: the mean size of the change along each path).
     floor
         Smallest denominator (for cells that equal their baseline).
 
@@ -171,8 +186,8 @@ def completeness_error(attributions: torch.Tensor, difference: torch.Tensor, *, 
     ``(cells,)``.
     """
     gap = (attributions.sum(-1) - difference).abs().amax(-1)
-    scale = difference.abs().amax(-1).clamp_min(floor)
-    return gap / scale
+    size = difference.abs() if scale is None else scale
+    return gap / size.amax(-1).clamp_min(floor)
 
 
 def _repeat_context(context: Context, n_steps: int) -> Context:
@@ -301,6 +316,60 @@ def bytes_per_cell(n_features: int, n_steps: int, n_targets: int, *, n_hidden: i
 
 
 @dataclass
+class SampledBaselines:
+    """Baselines drawn from reference cells: ``index[c]`` holds the rows whose data are the baselines of cell ``c``.
+
+    Used by :func:`accumulate` for expected gradients (Erion et al. 2021): a cell's attributions are
+    the mean of its integrated gradients against each of its baselines, so they sum to
+    ``F(x) - mean_k F(b_k)``.
+
+    Attributes
+    ----------
+    index
+        ``(n_obs, n_baselines)`` int64 rows of the reference cells, on the device of the data.
+    fetch
+        ``fetch(rows) -> (len(rows), n_features)``: the data of those rows, in the data space (like
+        ``"x"`` of the batches).
+    n_features
+        Features of the data.
+    """
+
+    index: torch.Tensor
+    fetch: Callable[[torch.Tensor], torch.Tensor]
+    n_features: int
+
+    @property
+    def n_baselines(self) -> int:
+        """Baselines per cell."""
+        return int(self.index.shape[1])
+
+
+def _against_sampled(
+    model: AttributionModel | LinearFirst,
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
+    context: Context,
+    n_baselines: int,
+    **kwargs: Any,
+) -> Attributions:
+    """Integrated gradients of each cell against each of its ``n_baselines`` baselines, averaged per cell.
+
+    ``baselines`` is ``(cells * n_baselines, features)``, cell-major; every cell is repeated once per
+    baseline, with its own context (the baseline cells are read with the attributed cell's batch).
+    """
+    n_cells = inputs.shape[0]
+    repeated = {name: value.repeat_interleave(n_baselines, 0) for name, value in context.items()}
+    result = integrated_gradients(
+        model, inputs.repeat_interleave(n_baselines, 0), baselines, context=repeated, **kwargs
+    )
+    attributions = result.attributions.view(n_cells, n_baselines, *result.attributions.shape[1:]).mean(1)
+    output = result.output.view(n_cells, n_baselines, -1)
+    baseline_output = result.baseline_output.view(n_cells, n_baselines, -1)
+    path_change = (output - baseline_output).abs().mean(1)
+    return Attributions(attributions, output[:, 0], baseline_output.mean(1), path_change)
+
+
+@dataclass
 class AccumulatedAttributions:
     """Integrated gradients of many cells, summarised over cells and groups by :func:`accumulate`.
 
@@ -342,7 +411,7 @@ def accumulate(
     batches: Iterable[dict[str, torch.Tensor]],
     *,
     n_obs: int,
-    baseline: torch.Tensor,
+    baseline: torch.Tensor | SampledBaselines,
     targets: Sequence[int],
     to_path_space: Callable[[torch.Tensor], torch.Tensor] | None = None,
     group_codes: torch.Tensor | None = None,
@@ -368,7 +437,9 @@ def accumulate(
     n_obs
         Rows the ``"index"`` of the batches refers to.
     baseline
-        In the data space: one baseline ``(1, features)`` for all cells or one per row ``(n_obs, features)``.
+        In the data space: one baseline ``(1, features)`` for all cells, one per row ``(n_obs, features)``,
+        or :class:`SampledBaselines` (several reference cells per row, the attributions averaged over
+        them: expected gradients along the full path of each).
     targets
         Output columns to attribute.
     to_path_space
@@ -389,8 +460,10 @@ def accumulate(
     :class:`AccumulatedAttributions`.
     """
     to_path_space = to_path_space or (lambda x: x)
-    device = baseline.device
-    n_targets, n_features = len(targets), baseline.shape[1]
+    sampled = baseline if isinstance(baseline, SampledBaselines) else None
+    device = sampled.index.device if sampled is not None else baseline.device
+    n_targets = len(targets)
+    n_features = sampled.n_features if sampled is not None else baseline.shape[1]
     total = torch.zeros(n_targets, n_features, dtype=torch.float64, device=device)
     total_abs = torch.zeros_like(total)
     change = torch.zeros(n_targets, dtype=torch.float64, device=device)
@@ -399,15 +472,20 @@ def accumulate(
     group_count = torch.zeros(n_groups, dtype=torch.float64, device=device) if grouped else None
     delta = np.full(n_obs, np.nan, dtype=np.float32)
     per_cell = np.full((n_targets, n_obs, n_features), np.nan, dtype=np.float32) if store_per_cell else None
-    shared_baseline = to_path_space(baseline) if baseline.shape[0] == 1 else None
+    shared_baseline = to_path_space(baseline) if sampled is None and baseline.shape[0] == 1 else None
     n_cells = 0
     for batch in batches:
         index = batch["index"]
-        base = shared_baseline if shared_baseline is not None else to_path_space(baseline.index_select(0, index))
         context = {"batch": batch["batch"]} if "batch" in batch else {}
-        result = integrated_gradients(
-            model, to_path_space(batch["x"]), base, targets=targets, context=context, n_steps=n_steps, method=method
-        )
+        inputs = to_path_space(batch["x"])
+        options = {"targets": targets, "n_steps": n_steps, "method": method}
+        if sampled is not None:
+            rows = sampled.index.index_select(0, index).reshape(-1)
+            base = to_path_space(sampled.fetch(rows))
+            result = _against_sampled(model, inputs, base, context, sampled.n_baselines, **options)
+        else:
+            base = shared_baseline if shared_baseline is not None else to_path_space(baseline.index_select(0, index))
+            result = integrated_gradients(model, inputs, base, context=context, **options)
         attributions = result.attributions  # (cells, targets, features)
         total += attributions.sum(0, dtype=torch.float64)
         total_abs += attributions.abs().sum(0, dtype=torch.float64)

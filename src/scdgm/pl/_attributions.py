@@ -56,6 +56,7 @@ def attributions(
     kind: Literal["heatmap", "dotplot"] = "heatmap",
     rank_by: Literal["absolute", "positive", "negative"] = "absolute",
     group: str | None = None,
+    groupby: str | None = None,
     cmap: str = "RdBu_r",
     ax: Any = None,
     show: bool | None = None,
@@ -65,7 +66,9 @@ def attributions(
 
     Rows are targets (latent factors or classes), columns the union of each target's ``n_top``
     genes. The colour is the mean attribution (red raises the target, blue lowers it); in the dot
-    plot the dot area is the mean absolute attribution.
+    plot the dot area is the mean absolute attribution. With ``groupby``, each class is averaged over
+    its own cells: the row of class ``t`` holds the mean attribution to ``t`` of the cells of group
+    ``t``, the question "which genes make these cells this class".
 
     Parameters
     ----------
@@ -85,6 +88,11 @@ def attributions(
     group
         Show the mean attributions of the cells of this group (the call needs ``groupby=``) instead
         of all cells; the dot sizes stay those of all cells.
+    groupby
+        The ``groupby`` column the call was given: one row per class, averaged over the cells of the
+        group of the same name (see :func:`scdgm.get.attributions`); genes are picked per row from
+        those means, and the dot area is their absolute value. Rows are the targets that name a group
+        with attributed cells (all of ``targets`` must). Not with ``group``.
     cmap
         Diverging colormap, centred at zero.
     ax
@@ -102,6 +110,9 @@ def attributions(
     >>> dgm.tl.vae(adata, n_latent=5, max_epochs=20)  # doctest: +SKIP
     >>> dgm.tl.integrated_gradients(adata)  # doctest: +SKIP
     >>> dgm.pl.attributions(adata, key="ig_vae", n_top=5, kind="dotplot")  # doctest: +SKIP
+    >>> dgm.tl.bayes_classify(adata, "cell_type")  # doctest: +SKIP
+    >>> dgm.tl.integrated_gradients(adata, model_key="bayes", groupby="cell_type")  # doctest: +SKIP
+    >>> dgm.pl.attributions(adata, key="ig_bayes", groupby="cell_type", rank_by="positive")  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
@@ -119,11 +130,21 @@ def attributions(
     if isinstance(n_top, bool) or not isinstance(n_top, int | np.integer) or n_top < 1:
         msg = f"n_top must be an integer >= 1, not {n_top!r}."
         raise ValueError(msg)
+    if group is not None and groupby is not None:
+        msg = "Pass group= (one group, every target) or groupby= (each class over its own cells), not both."
+        raise ValueError(msg)
     entry = adata.uns[keys.uns]
     names = [str(n) for n in np.asarray(entry["targets"]).tolist()]
     chosen = _chosen_targets(targets, names)
     values = np.nan_to_num(np.asarray(adata.varm[keys.varm], dtype=np.float64))
-    if group is not None:
+    if groupby is not None:
+        from ..get._attributions import own_group_means
+
+        paired, own = own_group_means(adata, key, groupby, None if targets is None else [names[t] for t in chosen])
+        chosen = [names.index(t) for t in paired]
+        values = np.zeros_like(values)
+        values[:, chosen] = np.nan_to_num(own)
+    elif group is not None:
         group_means = dict(entry.get("group_means", {}))
         if "groups" not in group_means:
             msg = f"{key!r} has no group means; run `dgm.tl.integrated_gradients(adata, groupby=...)` first."
@@ -135,7 +156,8 @@ def attributions(
         values = np.nan_to_num(np.asarray(group_means["values"][groups.index(str(group))], dtype=np.float64))
     magnitude = np.nan_to_num(np.asarray(adata.varm.get(keys.varm_abs, np.abs(values)), dtype=np.float64))
     values, magnitude = values[:, chosen], magnitude[:, chosen]
-    genes = _top_genes(values, magnitude if group is None else np.abs(values), n_top, rank_by)
+    by_groups = group is not None or groupby is not None
+    genes = _top_genes(values, np.abs(values) if by_groups else magnitude, n_top, rank_by)
     shown = values[genes].T  # targets x genes
     gene_names = np.asarray(adata.var_names)[genes]
     target_names = [names[t] for t in chosen]
@@ -149,7 +171,7 @@ def attributions(
     if kind == "heatmap":
         image = ax.imshow(shown, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
     else:
-        sizes = magnitude[genes].T
+        sizes = np.abs(shown) if groupby is not None else magnitude[genes].T
         area = 300.0 * sizes / (float(sizes.max()) or 1.0)
         rows, cols = np.meshgrid(np.arange(len(chosen)), np.arange(len(genes)), indexing="ij")
         image = ax.scatter(
@@ -162,6 +184,8 @@ def attributions(
     ax.set_xticks(np.arange(len(genes)), gene_names, rotation=90, fontsize="small")
     ax.set_yticks(np.arange(len(chosen)), target_names)
     title = f"integrated gradients ({key})" + (f", {group}" if group is not None else "")
+    if groupby is not None:
+        title += f", each class in its own cells ({groupby})"
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="mean attribution", shrink=0.8)
     fig.tight_layout()

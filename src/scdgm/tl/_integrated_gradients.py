@@ -32,11 +32,12 @@ if TYPE_CHECKING:
     import torch
 
     from ..data import BatchStore, PreparedData
-    from ..modules._attribution import AccumulatedAttributions
+    from ..modules._attribution import AccumulatedAttributions, SampledBaselines
 
 METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 INPUT_SPACES = ("encoder", "data")
-OUTPUTS = ("probability", "logit")
+OUTPUTS = ("logit", "probability")
+BASELINES = ("zeros", "other_groups", "mean")
 DELTA_WARN = 0.05
 """Completeness error above which a warning advises more steps (checked on the 90th percentile of cells)."""
 
@@ -67,6 +68,8 @@ class AttributionTarget:
     extra
         Facts about the model: ``n_samples``, the weight draws of a classifier (recorded in
         ``.uns[key]["params"]``); ``encoder_key``, the encoder a classifier reads through.
+    is_classifier
+        Whether the outputs are classes (so ``output`` chooses probability or logit).
     """
 
     model: Any
@@ -77,6 +80,7 @@ class AttributionTarget:
     description: str
     feature_order: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    is_classifier: bool = False
 
     def to_adata_columns(self, values: np.ndarray, n_vars: int) -> np.ndarray:
         """``(..., model features)`` values in the gene order of adata; genes the model lacks get NaN."""
@@ -218,6 +222,7 @@ def _bayes_target(request: TargetRequest) -> AttributionTarget:
             f"BayesianClassifierModule in .uns[{request.key!r}] on .obsm[{use_rep!r}] of the encoder in .uns[{owner!r}]",
             feature_order=encoder.feature_order,
             extra={"encoder_key": owner, "n_samples": n_draws},
+            is_classifier=True,
         )
     model = classifier_on_inputs(module, weights, output=request.output)
     return AttributionTarget(
@@ -229,6 +234,7 @@ def _bayes_target(request: TargetRequest) -> AttributionTarget:
         f"BayesianClassifierModule in .uns[{request.key!r}]",
         feature_order=applied.feature_order,
         extra={"n_samples": n_draws},
+        is_classifier=True,
     )
 
 
@@ -319,21 +325,60 @@ def _select_targets(target: Any, names: list[str], key: str) -> list[int]:
     return out
 
 
+def _sample_references(codes: np.ndarray, n_baselines: int, seed: int) -> np.ndarray:
+    """``(cells, n_baselines)`` rows of reference cells: for a cell of group ``g``, cells of other groups.
+
+    Drawn with replacement, uniformly among the cells of every other group together (so larger groups
+    give more references); cells without a group (code ``-1``) draw from all cells with a group and
+    are never drawn themselves.
+    """
+    rng = np.random.default_rng([seed, 1])  # its own stream: the max_cells subset stays the same
+    out = np.empty((len(codes), n_baselines), dtype=np.int64)
+    labelled = np.flatnonzero(codes >= 0)
+    for code in np.unique(codes):
+        rows = np.flatnonzero(codes == code)
+        pool = labelled if code < 0 else labelled[codes[labelled] != code]
+        out[rows] = pool[rng.integers(0, len(pool), size=(len(rows), n_baselines))]
+    return out
+
+
 def _resolve_baseline(
-    baseline: Any, adata: AnnData, spec: AttributionTarget, store: BatchStore, chunk: int
-) -> tuple[np.ndarray, str]:
-    """The baseline in the data space and model feature order: ``(1, genes)`` or ``(cells, genes)`` float32."""
+    baseline: Any,
+    adata: AnnData,
+    spec: AttributionTarget,
+    store: BatchStore,
+    chunk: int,
+    *,
+    codes: torch.Tensor | None,
+    n_baselines: int,
+    seed: int,
+) -> np.ndarray | SampledBaselines:
+    """The baseline in the data space and model feature order.
+
+    ``(1, genes)`` or ``(cells, genes)`` float32, or, for ``"other_groups"``, reference cells of the
+    other groups (``codes``: each cell's group) that the engine reads from ``store``.
+    """
     data = spec.data
     if isinstance(baseline, str):
-        check_choice("baseline", baseline, ("zeros", "mean"))
+        if baseline == "other_groups":
+            import torch
+
+            from ..modules._attribution import SampledBaselines
+
+            references = _sample_references(codes.cpu().numpy(), n_baselines, seed)
+            return SampledBaselines(
+                index=torch.as_tensor(references, device=store.device),
+                fetch=lambda rows: store.gather(rows)["x"],
+                n_features=data.n_vars,
+            )
         if baseline == "zeros":
-            return np.zeros((1, data.n_vars), dtype=np.float32), "zeros"
+            return np.zeros((1, data.n_vars), dtype=np.float32)
         from ..data import MiniBatches
 
         total = np.zeros(data.n_vars, dtype=np.float64)
         for batch in MiniBatches(store, np.arange(data.n_obs), batch_size=chunk, shuffle=False):
             total += batch["x"].double().sum(0).cpu().numpy()
-        return (total / max(data.n_obs, 1)).astype(np.float32)[None, :], "mean"
+        return (total / max(data.n_obs, 1)).astype(np.float32)[None, :]
     array = np.asarray(baseline.toarray() if hasattr(baseline, "toarray") else baseline, dtype=np.float32)
     if array.shape not in {(adata.n_vars,), (1, adata.n_vars), (adata.n_obs, adata.n_vars)}:
         msg = (
@@ -347,7 +392,7 @@ def _resolve_baseline(
     array = array.reshape(-1, adata.n_vars)
     if spec.feature_order is not None:
         array = array[:, spec.feature_order]
-    return np.ascontiguousarray(array), "array"
+    return np.ascontiguousarray(array)
 
 
 def _safe_name(name: str) -> str:
@@ -366,6 +411,8 @@ def _check_arguments(
     memory_budget_bytes: Any,
     max_cells: Any,
     groupby: str | None,
+    baseline: Any,
+    n_baselines: Any,
 ) -> None:
     """Refuse bad arguments before any model is read."""
     from ..modules._attribution import path_rule
@@ -383,6 +430,24 @@ def _check_arguments(
     if groupby is not None and groupby not in adata.obs:
         msg = f"groupby={groupby!r} is not a column of .obs (columns: {list(adata.obs.columns)})."
         raise KeyError(msg)
+    check_int("n_baselines", n_baselines)
+    if isinstance(baseline, str):
+        check_choice("baseline", baseline, BASELINES)
+    if not (isinstance(baseline, str) and baseline == "other_groups"):
+        return
+    if groupby is None:
+        msg = (
+            "baseline='other_groups' draws each cell's baselines from the cells of the other groups: "
+            "pass groupby= (an .obs column of groups, e.g. the cell types), or baseline='zeros'."
+        )
+        raise ValueError(msg)
+    n_groups = pd.Series(adata.obs[groupby]).dropna().nunique()
+    if n_groups < 2:
+        msg = (
+            f"groupby={groupby!r} has {n_groups} group(s); baseline='other_groups' draws baselines from the "
+            "other groups and needs at least two."
+        )
+        raise ValueError(msg)
 
 
 def _default_stem(model_key: str, scvi_model: Any, key_added: str | None) -> str:
@@ -393,12 +458,14 @@ def _default_stem(model_key: str, scvi_model: Any, key_added: str | None) -> str
     return f"ig_{model_key}"
 
 
-def _chunk_size(spec: AttributionTarget, n_steps: int, n_targets: int, memory_budget_bytes: int) -> int:
-    """Cells per chunk, so that one chunk's steps x cells x genes work fits the memory budget."""
+def _chunk_size(
+    spec: AttributionTarget, n_steps: int, n_targets: int, memory_budget_bytes: int, paths_per_cell: int = 1
+) -> int:
+    """Cells per chunk, so that one chunk's steps x cells x baselines x genes work fits the memory budget."""
     from ..modules._attribution import LinearFirst, bytes_per_cell
 
     fast = isinstance(spec.model, LinearFirst)
-    per_cell = bytes_per_cell(spec.data.n_vars, n_steps, n_targets, n_hidden=spec.n_hidden, fast=fast)
+    per_cell = paths_per_cell * bytes_per_cell(spec.data.n_vars, n_steps, n_targets, n_hidden=spec.n_hidden, fast=fast)
     return int(max(1, min(memory_budget_bytes // per_cell, spec.data.n_obs)))
 
 
@@ -425,7 +492,7 @@ def _attribute(
     cells: np.ndarray,
     *,
     chunk: int,
-    baseline: np.ndarray,
+    baseline: np.ndarray | SampledBaselines,
     targets: list[int],
     groups: tuple[list[str], torch.Tensor | None],
     n_steps: int,
@@ -438,12 +505,13 @@ def _attribute(
     from tqdm.auto import tqdm
 
     from ..data import MiniBatches
-    from ..modules._attribution import accumulate
+    from ..modules._attribution import SampledBaselines, accumulate
 
     n_chunks = math.ceil(len(cells) / chunk)
+    paths = f" x {baseline.n_baselines} baselines" if isinstance(baseline, SampledBaselines) else ""
     logger.info(
         f"integrated gradients of {len(targets)} targets for {len(cells)} cells x {spec.data.n_vars} genes: "
-        f"{n_steps} steps ({method}), {n_chunks} chunk(s) of up to {chunk} cells on {device}"
+        f"{n_steps} steps ({method}){paths}, {n_chunks} chunk(s) of up to {chunk} cells on {device}"
     )
     batches = MiniBatches(store, cells, batch_size=chunk, shuffle=False)
     disable = not settings.progress_bar or n_chunks < 2
@@ -452,7 +520,7 @@ def _attribute(
             spec.model,
             bar,
             n_obs=spec.data.n_obs,
-            baseline=torch.as_tensor(baseline, device=device),
+            baseline=baseline if isinstance(baseline, SampledBaselines) else torch.as_tensor(baseline, device=device),
             targets=targets,
             to_path_space=spec.to_path_space,
             group_codes=groups[1],
@@ -502,8 +570,9 @@ def integrated_gradients(
     *,
     model_key: str = "vae",
     target: int | str | Sequence[int | str] | None = None,
-    output: Literal["probability", "logit"] = "probability",
-    baseline: Literal["zeros", "mean"] | np.ndarray = "zeros",
+    output: Literal["logit", "probability"] = "logit",
+    baseline: Literal["zeros", "other_groups", "mean"] | np.ndarray = "zeros",
+    n_baselines: int = 5,
     n_steps: int = 50,
     method: Literal[
         "gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"
@@ -535,12 +604,33 @@ def integrated_gradients(
     computed with a quadrature rule of ``n_steps`` points. Attributions are complete:
     :math:`\sum_g A_{gt}(x) = F_t(x) - F_t(b)`; the gap left by the quadrature is reported per cell.
 
+    The baseline sets the question answered. The zero baseline (default) asks what the genes a cell
+    expresses contribute to the output, against an empty cell. ``baseline="other_groups"`` (expected
+    gradients, Erion et al. 2021) asks why the cell's output differs from that of cells of the other
+    groups: for a cell of group :math:`g`, ``n_baselines`` reference cells :math:`b_1, \dots, b_K` are
+    drawn from the cells not in :math:`g`, the integral above is taken along the full path from each,
+    and the attributions are averaged, so they sum to :math:`F_t(x) - \frac{1}{K} \sum_k F_t(b_k)`.
+    That answer also credits the genes the cell lacks: for a class, the absence of the other groups'
+    markers counts in its favour as much as the presence of its own (on pbmc68k it put monocyte genes
+    at the top of T-cell classes). To find a class's own markers (genes it expresses), the zero
+    baseline and ``output="logit"`` ranked them best: on ``datasets.simulate(2000, 500)`` (2 seeds), the
+    marker AUROC of each type's mean attribution to its own class was 0.968 for a Bayesian classifier
+    on log-normalised genes (``"other_groups"``: 0.960) and 0.928 for one on ``X_vae``, through the
+    encoder (``"other_groups"``: 0.898), against 0.963 for the difference in mean log-normalised
+    expression that :func:`scanpy.tl.rank_genes_groups` ranks by (``benchmarks/ig_markers.py``).
+    ``baseline="mean"`` is a pitfall with counts: the mean of heavy-tailed counts lies above the counts
+    of most cells, so :math:`x_g - b_g` is negative for a marker in most cells of its own type, and its
+    attribution comes out negative (AUROC 0.750 through the encoder, which reads counts, on the data
+    above).
+
     Targets are the latent means of a VAE (:func:`scdgm.tl.vae`; the rotated factors of
     :func:`scdgm.tl.ldvae_loadings`), the latent means of a trained scvi-tools model, or the class
-    probabilities (or logits) of a classifier (:func:`scdgm.tl.bayes_classify`): for a Bayesian
+    logits (or probabilities) of a classifier (:func:`scdgm.tl.bayes_classify`): for a Bayesian
     classifier, the posterior predictive averaged over ``n_samples`` weight draws; for a classifier
     trained on a latent representation (``use_rep="X_vae"``), attributions go through the encoder
-    back to the genes.
+    back to the genes. For a class, the mean over all cells (``.varm``) mixes its own cells with the
+    other cells' reasons against it; with ``groupby``, read each class over its own cells
+    (``dgm.get.attributions(adata, key, groupby=...)``).
 
     Which input is attributed (``input_space``): count models read ``log1p(counts)``. With
     ``"encoder"`` (default) the path runs in that space, from ``log1p(b)`` to ``log1p(x)``, and
@@ -560,12 +650,23 @@ def integrated_gradients(
     target
         Index, name (``"latent_3"``, ``"factor_0"``, a class) or list of them; default all.
     output
-        Classifiers: attribute the class ``"probability"`` or the ``"logit"`` (each averaged over
-        weight draws). Ignored by encoders.
+        Classifiers: attribute the class ``"logit"`` or the class ``"probability"`` (each averaged over
+        weight draws). Probabilities saturate: once the path has passed the point where a class wins,
+        their gradient vanishes, so the change is credited to the genes that carry the path there and
+        evidence beyond it counts little; logits keep growing with the evidence, and recovered markers
+        as well or better (see above). Ignored by encoders (and not recorded for them).
     baseline
-        ``"zeros"``: the all-zero cell. ``"mean"``: the mean cell of ``adata`` (in the data as stored,
-        e.g. mean counts). An array: one cell ``(n_vars,)`` or one per cell ``(n_obs, n_vars)``, in
-        the data space and gene order of ``adata``.
+        ``"zeros"``: the all-zero cell. ``"other_groups"``: ``n_baselines`` cells drawn, for each cell,
+        from the cells of the other groups of ``groupby`` (needed); see above. The baseline cells are
+        read with the attributed cell's batch. Cells without a group (NaN) draw from all cells with a
+        group, and are never drawn. ``"mean"``: the mean cell of ``adata`` (in the data as stored, e.g.
+        mean counts; see the pitfall above). An array: one cell ``(n_vars,)`` or one per cell
+        ``(n_obs, n_vars)``, in the data space and gene order of ``adata``.
+    n_baselines
+        With ``baseline="other_groups"``: reference cells per attributed cell, drawn with replacement
+        (seeded). Each costs a full path of ``n_steps`` points, so the run takes ``n_baselines`` times
+        as long as with one baseline. Group means average over the group's cells as well, so a few
+        suffice for them; per-cell attributions need more. Ignored by the other baselines.
     n_steps
         Points of the quadrature rule along the path.
     method
@@ -575,7 +676,9 @@ def integrated_gradients(
     input_space
         ``"encoder"`` or ``"data"``, see above.
     groupby
-        ``.obs`` column of groups; the mean attribution per group is stored too.
+        ``.obs`` column of groups; the mean attribution per group is stored too (read each class
+        averaged over its own cells with :func:`scdgm.get.attributions` or :func:`scdgm.pl.attributions`
+        and ``groupby=``), and ``baseline="other_groups"`` draws its reference cells from the other groups.
     store_per_cell
         Also store each cell's attributions, one cells x genes layer per target.
     n_top
@@ -595,7 +698,8 @@ def integrated_gradients(
     device
         Where the model runs.
     seed
-        Seeds the weight draws of a Bayesian classifier and the ``max_cells`` subset.
+        Seeds the weight draws of a Bayesian classifier, the ``max_cells`` subset and the reference
+        cells of ``baseline="other_groups"``.
     key_added
         Stem of the output keys; default ``"ig_<model_key>"``.
     {copy_doc}
@@ -611,15 +715,22 @@ def integrated_gradients(
         Genes x targets: mean absolute attribution.
     ``.obs["<key>_delta"]``
         Completeness error per cell: :math:`\max_t |\sum_g A_{gt} - (F_t(x) - F_t(b))|` divided by
-        :math:`\max_t |F_t(x) - F_t(b)|` (floored at 1e-6). A warning advises more steps when the
-        90th percentile exceeds 5 %.
+        :math:`\max_t |F_t(x) - F_t(b)|` (floored at 1e-6). For ``"other_groups"``, :math:`F_t(b)` is
+        the mean over the cell's baselines and the divisor :math:`\max_t \frac{1}{K} \sum_k
+        |F_t(x) - F_t(b_k)|`, the size of the change along the paths (their changes may cancel in the
+        mean, their quadrature errors do not). A warning advises more steps when the 90th percentile
+        exceeds 5 %.
     ``.layers["<key>_<target>"]``
         Only with ``store_per_cell``: cells x genes attributions of each target.
     ``.uns["<key>"]``
-        ``params``; ``targets`` (names, the columns of the ``.varm`` entries); ``top_genes``
+        ``params`` (the values used: ``baseline`` as a name or ``"array"``, ``n_baselines`` (only with
+        ``"other_groups"``), ``output`` (only for classifiers), ``n_samples``, ``n_cells``,
+        ``chunk_size``, ``device``, ``seed``, ...); ``targets`` (names, the columns of the ``.varm``
+        entries); ``top_genes``
         (``targets``; ``positive`` / ``negative``: targets x ``n_top`` genes with the most positive
         and most negative mean attribution; read them with :func:`scdgm.get.top_genes`);
-        ``output_change`` (mean of :math:`F_t(x) - F_t(b)` per target); ``delta_summary`` (median,
+        ``output_change`` (mean of :math:`F_t(x) - F_t(b)` per target, the mean over baselines for
+        ``"other_groups"``); ``delta_summary`` (median,
         90th percentile and maximum of the completeness error); ``source``; with ``groupby``:
         ``group_means`` (``groups``: the group names; ``sizes``: cells per group; ``values``: groups x
         genes x targets mean attributions; read them with :func:`scdgm.get.attributions`) and ``groupby``.
@@ -646,7 +757,10 @@ def integrated_gradients(
         memory_budget_bytes=memory_budget_bytes,
         max_cells=max_cells,
         groupby=groupby,
+        baseline=baseline,
+        n_baselines=n_baselines,
     )
+    sampled = isinstance(baseline, str) and baseline == "other_groups"
     device, seed = resolve_device_seed(device, seed)
     keys = AttributionKeys(_default_stem(model_key, scvi_model, key_added))
     check_uns_free(adata, keys.uns, tool="integrated_gradients")
@@ -669,10 +783,12 @@ def integrated_gradients(
     chosen = _select_targets(target, spec.names, model_key if scvi_model is None else "scvi_model")
     names = [spec.names[t] for t in chosen]
     store = BatchStore.from_prepared(spec.data, device)
-    chunk = _chunk_size(spec, n_steps, len(chosen), memory_budget_bytes)
-    baseline_values, baseline_kind = _resolve_baseline(baseline, adata, spec, store, chunk)
+    chunk = _chunk_size(spec, n_steps, len(chosen), memory_budget_bytes, n_baselines if sampled else 1)
     cells = _cells_to_attribute(spec.data.n_obs, max_cells, seed)
     groups = _group_codes(adata, groupby, device)
+    baseline_values = _resolve_baseline(
+        baseline, adata, spec, store, chunk, codes=groups[1], n_baselines=n_baselines, seed=seed
+    )
 
     # ---- engine
     result = _attribute(
@@ -698,8 +814,9 @@ def integrated_gradients(
             model_key=None if scvi_model is not None else model_key,
             scvi_model=type(scvi_model).__name__ if scvi_model is not None else None,
             target=names,
-            output=output,
-            baseline=baseline_kind,
+            output=output if spec.is_classifier else None,
+            baseline=baseline if isinstance(baseline, str) else "array",
+            n_baselines=n_baselines if sampled else None,
             n_steps=n_steps,
             method=method,
             input_space=input_space,
