@@ -1,9 +1,10 @@
 """Boltzmann machines on binarised pbmc68k with few training cells: how well do their cells reproduce held-out cells?
 
 The course's sample-size question (Nußberger et al. 2021): 100 genes of binarised pbmc68k whose detection
-rate lies nearest 0.5, 300 cells held out, and 50 / 100 / 200 / 400 of the other cells to train on. Each model
-generates as many cells as are held out; the figure is the Pearson correlation between the log odds
-ratios of all gene pairs in the generated cells and in the held-out cells (each 2 x 2 table plus 0.5).
+rate lies nearest 0.5, 300 cells held out, and 50 / 100 / 200 / 400 of the other cells to train on. Each
+model generates 1,000 cells (more than are held out, so that the figure measures the model more than the
+sample); the figure is the Pearson correlation between the log odds ratios of all gene pairs in the
+generated cells and in the held-out cells (each 2 x 2 table plus 0.5).
 
 - `DBM`: `dgm.tl.dbm` at its defaults (two hidden layers), cells from `tl.generate(latent="prior")`
   (chains started at random, so the cells are the model's, not copies of training cells);

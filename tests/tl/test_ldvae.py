@@ -128,3 +128,24 @@ def test_unusable_key_added_is_refused_before_training(simulated, monkeypatch, k
     with pytest.raises(ValueError, match=f"key_added={key_added!r} is not a usable key"):
         dgm.tl.ldvae_loadings(simulated, n_latent=3, n_hidden=8, max_epochs=2, batch_size=32, key_added=key_added)
     assert {slot: set(getattr(simulated, slot).keys()) for slot in before} == before
+
+
+def test_default_run_is_twice_as_long_as_a_vae_s(simulated, monkeypatch):
+    from scdgm.tl import _vae
+    from scdgm.train import default_max_epochs
+
+    seen = {}
+
+    def capture(adata, options, *, device, seed):
+        seen["options"] = options
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(_vae, "train_vae", capture)
+    with pytest.raises(RuntimeError, match="stop before training"):
+        dgm.tl.ldvae_loadings(simulated, n_latent=4)
+    assert seen["options"].max_epochs == 2 * default_max_epochs(270)  # 300 cells, 10 % held out
+    with pytest.raises(RuntimeError, match="stop before training"):
+        dgm.tl.ldvae_loadings(simulated, n_latent=4, max_epochs=7)
+    assert seen["options"].max_epochs == 7
+    with pytest.raises(ValueError, match="validation_fraction must be"):
+        dgm.tl.ldvae_loadings(simulated, n_latent=4, validation_fraction=1.5)
