@@ -74,6 +74,8 @@ def test_writes_latent_params_history_metrics_and_model(trained):
         assert np.isfinite(metrics[name])
     assert metrics["validation_loglik"] < 0 and metrics["log_partition_standard_error"] > 0
     assert metrics["monitor"] == "pseudo_nll" and metrics["n_validation"] == 12
+    # 12 held-out cells are too few to choose the epoch by: every epoch runs, the last is kept
+    assert not metrics["epoch_chosen_by_validation"] and metrics["best_epoch"] == metrics["n_epochs"] - 1
     assert entry["model"]["class_name"] == "DBMModule"
     assert list(entry["model"]["var_names"]) == list(trained.var_names)
     assert len(entry["split"]["validation_indices"]) == 12
@@ -221,3 +223,12 @@ def test_command_line(tmp_path):
     assert main(["dbm", str(source), str(target), *options]) == 0
     written = ad.read_h5ad(target)
     assert list(written.uns["dbm"]["params"]["n_hidden"]) == [6, 3] and written.obsm["X_dbm"].shape[1] == 3
+
+
+def test_enough_held_out_cells_choose_the_epoch():
+    adata = _binary(n_obs=320)
+    dgm.tl.dbm(adata, n_hidden=6, **{**TINY, "max_epochs": 3})
+    metrics = adata.uns["dbm"]["metrics"]
+    assert metrics["n_validation"] >= 30 and metrics["epoch_chosen_by_validation"]
+    history = adata.uns["dbm"]["history"]["validation_pseudo_nll"][: metrics["n_epochs"]]
+    assert metrics["best_epoch"] == int(np.argmin(history))

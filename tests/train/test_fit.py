@@ -112,6 +112,14 @@ def test_early_stopping_waits_for_warmup_and_restores_best():
     assert best == pytest.approx(min(result.history["validation_elbo"][4:]))
 
 
+def test_restore_best_false_runs_every_epoch_and_keeps_the_last():
+    module, result = _train(max_epochs=40, lr=0.05, patience=3, kl_warmup_epochs=5, restore_best=False)
+    assert result.n_epochs == 40 and not result.stopped_early and result.best_epoch == 39
+    assert "validation_elbo" in result.history  # still recorded
+    last, _ = _train(max_epochs=40, lr=0.05, early_stopping=False, kl_warmup_epochs=5, restore_best=False)
+    assert torch.equal(module.linear.weight, last.linear.weight)
+
+
 def test_same_seed_same_model_and_history():
     m1, r1 = _train(seed=3, max_epochs=5, early_stopping=False)
     m2, r2 = _train(seed=3, max_epochs=5, early_stopping=False)

@@ -38,7 +38,7 @@ class TrainResult:
         Epochs run.
     best_epoch
         Epoch (0-based) whose weights were kept: the lowest validation monitor after KL warm-up,
-        or the last epoch without early stopping or validation cells.
+        or the last epoch without validation cells or with ``restore_best=False``.
     stopped_early
         Whether early stopping ended the run before ``max_epochs``.
     seconds
@@ -143,6 +143,7 @@ class _Options:
     early_stopping: bool
     patience: int
     min_delta: float
+    restore_best: bool
     device: str
     show: bool
     description: str
@@ -162,6 +163,7 @@ def fit(
     early_stopping: bool = True,
     patience: int = 30,
     min_delta: float = 0.0,
+    restore_best: bool = True,
     device: str = "cpu",
     devices: int = 1,
     precision: str = "32-true",
@@ -197,6 +199,9 @@ def fit(
         classifier's held-out label NLL, which the KL weight does not change, so it is watched from the
         first epoch when ``early_stopping_during_warmup``), else the negative ELBO where the module
         reports one, else the loss. The weights of the best epoch are restored.
+    restore_best
+        ``False``: run ``max_epochs`` and keep the last epoch's weights even with validation batches
+        (whose loss is then only recorded), for held-out sets too small to choose an epoch by.
     device
         Torch device string, already resolved (not ``"auto"``).
     devices
@@ -252,6 +257,7 @@ def fit(
         early_stopping=early_stopping,
         patience=patience,
         min_delta=min_delta,
+        restore_best=restore_best,
         device=device,
         show=settings.progress_bar if progress_bar is None else progress_bar,
         description=description,
@@ -435,7 +441,7 @@ def _train(fabric: Any, module: Any, train: Any, validation: Any, options: _Opti
         bar.set_postfix({f"{prefix[:5]} {result.monitor}": f"{current:.4g}"}, refresh=False)
         result.n_epochs = epoch + 1
         watch_now = warmup.done(step - 1) or getattr(module, "early_stopping_during_warmup", False)
-        if not has_validation or not watch_now:
+        if not has_validation or not watch_now or not options.restore_best:
             result.best_epoch = epoch
             continue
         if current < best_value - options.min_delta:

@@ -72,6 +72,9 @@ class TrainingOptions:
         Weight of the KL term once warm-up ends.
     early_stopping, patience
         Stop when the held-out loss has not improved for ``patience`` epochs.
+    restore_best
+        End with the weights of the epoch with the best held-out loss (default), or run
+        ``max_epochs`` and end with the last epoch's (for held-out sets too small to choose by).
     devices, precision
         Data-parallel processes and Fabric precision.
     """
@@ -84,6 +87,7 @@ class TrainingOptions:
     beta: float = 1.0
     early_stopping: bool = True
     patience: int = 30
+    restore_best: bool = True
     devices: int = 1
     precision: str = "32-true"
 
@@ -107,6 +111,7 @@ class TrainingOptions:
             kl_warmup_epochs=self.kl_warmup_epochs,
         )
         check_bool("early_stopping", self.early_stopping)
+        check_bool("restore_best", self.restore_best)
         check_choice("precision", self.precision, PRECISIONS)
         check_int("devices", self.devices)
 
