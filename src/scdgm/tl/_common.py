@@ -15,16 +15,19 @@ from anndata import AnnData
 
 from .._checks import check_choice, check_fraction, check_int, check_number, check_positive
 from .._models import ModelRecord, read_record
+from .._results import record_params, write_results
 from .._settings import logger, settings
 
 if TYPE_CHECKING:
     import torch
 
+    from .._keys import ModelKeys
     from ..data import PreparedData
 
 __all__ = [
     "AppliedModel",
     "ToolOptions",
+    "TrainingRun",
     "apply_stored_model",
     "check_choice",
     "check_copy",
@@ -51,6 +54,57 @@ class ToolOptions:
 
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in arguments.items() if k in names})
+
+
+@dataclass
+class TrainingRun:
+    """Everything one training of a model tool produced, before anything is written.
+
+    The tools that train a model (:func:`scdgm.tl.vae`, :func:`scdgm.tl.dbm`) return one and write
+    it with :meth:`write`; a tool that trains on their behalf (:func:`scdgm.tl.ldvae_loadings`)
+    takes its :meth:`uns_entry`.
+
+    Attributes
+    ----------
+    latent
+        The cells' representation for ``.obsm``.
+    params
+        The resolved arguments of the training (without the tool's name and the package version).
+    history
+        Per-epoch training history.
+    metrics
+        Summary metrics of the kept model.
+    record
+        The trained model's record.
+    validation_idx
+        Rows of the held-out cells.
+    module
+        The trained module.
+    """
+
+    latent: np.ndarray
+    params: dict[str, Any]
+    history: dict[str, np.ndarray]
+    metrics: dict[str, Any]
+    record: ModelRecord
+    validation_idx: np.ndarray
+    module: Any
+
+    def uns_entry(self, tool: str) -> dict[str, Any]:
+        """The ``.uns[key]`` entry of the run, its params marked as written by ``tool``."""
+        return {
+            "params": record_params(tool, **self.params),
+            "history": self.history,
+            "metrics": self.metrics,
+            "model": self.record.to_uns(),
+            "split": {"validation_indices": self.validation_idx.astype(np.int64)},
+        }
+
+    def write(self, adata: AnnData, keys: ModelKeys, *, tool: str, copy: bool) -> AnnData | None:
+        """Write the latent space and the ``.uns`` entry into ``adata`` (a copy with ``copy=True``, returned)."""
+        adata = adata.copy() if copy else adata
+        write_results(adata, obsm={keys.obsm: self.latent}, uns={keys.uns: self.uns_entry(tool)})
+        return adata if copy else None
 
 
 def resolve_device_seed(device: str | None, seed: int | None) -> tuple[str, int]:

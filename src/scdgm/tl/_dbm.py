@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,9 +15,8 @@ from .._checks import check_fraction, check_int
 from .._docs import doc_params
 from .._keys import ModelKeys
 from .._models import ModelRecord
-from .._results import record_params, write_results
 from .._settings import logger
-from ._common import ToolOptions, check_copy, resolve_device_seed
+from ._common import ToolOptions, TrainingRun, check_copy, resolve_device_seed
 from ._generate import GenerationPlan, register_generator
 
 MIN_MONITORED_CELLS = 30
@@ -72,28 +71,14 @@ class DBMOptions(ToolOptions):
 
 
 @dataclass
-class DBMRun:
+class DBMRun(TrainingRun):
     """Everything one training of :func:`dbm` produced, before anything is written."""
 
-    latent: np.ndarray
-    params: dict[str, Any]
-    history: dict[str, np.ndarray]
-    pretraining: dict[str, dict[str, np.ndarray]]
-    metrics: dict[str, Any]
-    record: ModelRecord
-    validation_idx: np.ndarray
-    module: Any
+    pretraining: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def uns_entry(self, tool: str) -> dict[str, Any]:
-        """The ``.uns[key]`` entry of the run, its params marked as written by ``tool``."""
-        return {
-            "params": record_params(tool, **self.params),
-            "history": self.history,
-            "pretraining": self.pretraining,
-            "metrics": self.metrics,
-            "model": self.record.to_uns(),
-            "split": {"validation_indices": self.validation_idx.astype(np.int64)},
-        }
+        """The ``.uns[key]`` entry of the run (with the pretrained RBMs' histories), its params marked as written by ``tool``."""
+        return {**super().uns_entry(tool), "pretraining": self.pretraining}
 
 
 @doc_params
@@ -238,9 +223,7 @@ def dbm(
     keys = ModelKeys(key_added)
     check_copy(adata, copy)
     run = train_dbm(adata, DBMOptions.from_arguments(locals()), device=device, seed=seed)
-    adata = adata.copy() if copy else adata
-    write_results(adata, obsm={keys.obsm: run.latent}, uns={keys.uns: run.uns_entry("dbm")})
-    return adata if copy else None
+    return run.write(adata, keys, tool="dbm", copy=copy)
 
 
 def _check_layer(adata: AnnData, layer: str | None) -> None:
@@ -478,7 +461,7 @@ def train_dbm(adata: AnnData, options: DBMOptions, *, device: str | None, seed: 
         "seed": seed,
     }
     record = ModelRecord.from_module(module, var_names=data.var_names, layer=options.layer, counts=False)
-    return DBMRun(latent.astype(np.float32), params, history, pretraining, metrics, record, val_idx, module)
+    return DBMRun(latent.astype(np.float32), params, history, metrics, record, val_idx, module, pretraining=pretraining)
 
 
 # ---------------------------------------------------------------------- generation

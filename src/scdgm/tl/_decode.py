@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
-import pandas as pd
 from anndata import AnnData
 
 from .._checks import check_bool
 from .._keys import SyntheticKeys, check_key
 from .._models import read_record
 from .._results import record_params, write_results
-from ._common import apply_stored_model, check_positive, resolve_device_seed
-from ._generate import GENERATORS, GenerationPlan, _check_batch, _synthetic_obs, _synthetic_var
+from ._common import apply_stored_model, resolve_device_seed
+from ._generate import (
+    GENERATORS,
+    GenerationPlan,
+    _check_batch,
+    _check_library_size,
+    _synthetic_obs,
+    draw_cells,
+    synthetic_provenance,
+)
 from ._perturbation import _check_latent_model
 
 
@@ -103,14 +108,7 @@ def decode(
             f"({list(record.category_encodings()['batch'].categories)})."
         )
         raise ValueError(msg)
-    if library_size is not None:
-        library_size = check_positive("library_size", library_size)
-        if not record.counts:
-            msg = (
-                f"library_size={library_size!r} applies to count likelihoods; the model in .uns[{model_key!r}] "
-                "does not read counts. Leave library_size=None."
-            )
-            raise ValueError(msg)
+    library_size = _check_library_size(record, library_size, model_key)
     sample = check_bool("sample", sample)
     device, seed = resolve_device_seed(device, seed)
 
@@ -138,13 +136,8 @@ def decode(
         codes=codes,
         mean=not sample,
     )
-    from ..train import seeded
-
-    with seeded(seed, device):
-        X = GENERATORS[record.class_name].sample(applied, plan)
-
-    names = adata.obs_names.copy() if from_obsm else pd.Index([f"decoded_{i}" for i in range(n)])
-    decoded = AnnData(X=X, obs=pd.DataFrame(index=names), var=_synthetic_var(adata, applied))
+    names = adata.obs_names.copy() if from_obsm else [f"decoded_{i}" for i in range(n)]
+    decoded = draw_cells(adata, applied, plan, GENERATORS[record.class_name], names)
     params = record_params(
         "decode",
         model_key=model_key,
@@ -155,13 +148,7 @@ def decode(
         sample=sample,
         seed=seed,
     )
-    provenance = {
-        "model_key": model_key,
-        "model_class": record.class_name,
-        "seed": seed,
-        "params": params,
-        "model_params": copy.deepcopy(dict(adata.uns[model_key].get("params", {}))),
-    }
+    provenance = synthetic_provenance(adata, record, model_key, params, seed=seed)
     write_results(decoded, obs=_synthetic_obs(plan, None, None, applied), uns={uns_key: provenance})
     return decoded
 

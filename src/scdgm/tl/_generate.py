@@ -241,14 +241,7 @@ def generate(
         n_cells = check_int("n_cells", n_cells)
     groups = _check_groups(adata, groupby, n_per_group, n_cells, latent)
     batch_code = _check_batch(record, batch, model_key)
-    if library_size is not None:
-        library_size = check_positive("library_size", library_size)
-        if not record.counts:
-            msg = (
-                f"library_size={library_size!r} applies to count likelihoods; the model in .uns[{model_key!r}] "
-                "does not read counts. Leave library_size=None."
-            )
-            raise ValueError(msg)
+    library_size = _check_library_size(record, library_size, model_key)
     generator.check(record, latent, model_key)
     _check_chains(generator, record, burn_in, thinning, model_key)
     device, seed = resolve_device_seed(device, seed)
@@ -258,14 +251,8 @@ def generate(
         applied, groups, n_cells if n_cells is not None else adata.n_obs, latent, batch_code, library_size, seed
     )
     plan.burn_in, plan.thinning = burn_in, thinning
-    from ..train import seeded
-
-    with seeded(seed, device):
-        X = generator.sample(applied, plan)
-
+    synthetic = draw_cells(adata, applied, plan, generator, [f"synthetic_{i}" for i in range(plan.n_cells)])
     obs = _synthetic_obs(plan, groups, groupby, applied)
-    names = [f"synthetic_{i}" for i in range(plan.n_cells)]
-    synthetic = AnnData(X=X, obs=pd.DataFrame(index=pd.Index(names)), var=_synthetic_var(adata, applied))
     asked = groups is not None and groups.n_per_group is not None
     params = record_params(
         "generate",
@@ -281,14 +268,7 @@ def generate(
         thinning=thinning,
         seed=seed,
     )
-    provenance = {
-        "model_key": model_key,
-        "model_class": record.class_name,
-        "latent": latent,
-        "seed": seed,
-        "params": params,
-        "model_params": copy.deepcopy(dict(adata.uns[model_key].get("params", {}))),
-    }
+    provenance = synthetic_provenance(adata, record, model_key, params, latent=latent, seed=seed)
     write_results(synthetic, obs=obs, uns={uns_key: provenance})
     return synthetic
 
@@ -376,6 +356,20 @@ def _check_groups(
     return _Groups(names=encoding.categories, codes=codes, n_per_group=counts)
 
 
+def _check_library_size(record: ModelRecord, library_size: Any, key: str) -> float | None:
+    """``library_size`` checked positive, and refused for a model that reads no counts; ``None`` stays ``None``."""
+    if library_size is None:
+        return None
+    library_size = check_positive("library_size", library_size)
+    if not record.counts:
+        msg = (
+            f"library_size={library_size!r} applies to count likelihoods; the model in .uns[{key!r}] "
+            "does not read counts. Leave library_size=None."
+        )
+        raise ValueError(msg)
+    return library_size
+
+
 def _check_batch(record: ModelRecord, batch: str | None, key: str) -> int | None:
     if batch is None:
         return None
@@ -430,6 +424,37 @@ def _plan(
     if codes is not None:
         batch = np.full(len(donors), batch_code, np.int64) if batch_code is not None else codes[donors]
     return GenerationPlan(donors, pools, pool_of_cell, latent, library, batch, seed)
+
+
+def draw_cells(
+    adata: AnnData, applied: AppliedModel, plan: GenerationPlan, generator: Generator, names: Any
+) -> AnnData:
+    """The cells ``generator`` draws for ``plan`` under the plan's seed, as a new AnnData named ``names``.
+
+    Its ``.var`` is the model's features with the columns ``adata`` has for them; nothing else is written yet.
+    """
+    from ..train import seeded
+
+    with seeded(plan.seed, applied.device):
+        X = generator.sample(applied, plan)
+    return AnnData(X=X, obs=pd.DataFrame(index=pd.Index(names)), var=_synthetic_var(adata, applied))
+
+
+def synthetic_provenance(
+    adata: AnnData, record: ModelRecord, model_key: str, params: dict[str, Any], **fields: Any
+) -> dict[str, Any]:
+    """The ``.uns`` provenance of cells drawn from ``record``, the model in ``adata.uns[model_key]``.
+
+    ``model_key`` and ``model_class`` first, then ``fields`` in order, then the call's ``params`` and
+    ``model_params`` (a copy of the model's training arguments).
+    """
+    return {
+        "model_key": model_key,
+        "model_class": record.class_name,
+        **fields,
+        "params": params,
+        "model_params": copy.deepcopy(dict(adata.uns[model_key].get("params", {}))),
+    }
 
 
 def _synthetic_obs(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -14,7 +13,7 @@ from .._models import ModelRecord, read_record
 from .._results import record_params, write_results
 from .._settings import logger
 from ._common import apply_stored_model, check_int, obs_groups, resolve_device_seed
-from ._generate import GENERATORS, GenerationPlan, _posterior, _synthetic_obs, _synthetic_var
+from ._generate import GENERATORS, GenerationPlan, _posterior, _synthetic_obs, draw_cells, synthetic_provenance
 
 
 def predict_perturbation(
@@ -160,16 +159,13 @@ def predict_perturbation(
         seed=seed,
         shift=delta.astype(np.float32),
     )
-    from ..train import seeded
-
-    with seeded(seed, device):
-        X = GENERATORS[record.class_name].sample(applied, plan)
+    predicted = draw_cells(
+        adata, applied, plan, GENERATORS[record.class_name], [f"predicted_{i}" for i in range(len(donors))]
+    )
 
     from .._perturbation_metrics import mean_log_expression
 
     control_mean = mean_log_expression(data.read_row_index(start), "counts" if record.counts else "continuous")
-    names = pd.Index([f"predicted_{i}" for i in range(len(donors))])
-    predicted = AnnData(X=X, obs=pd.DataFrame(index=names), var=_synthetic_var(adata, applied))
     obs: dict[str, Any] = _synthetic_obs(plan, None, None, applied)
     obs[condition_key] = pd.Categorical([str(perturbed)] * len(donors))
     obs[groupby] = pd.Categorical([str(group)] * len(donors))
@@ -185,20 +181,20 @@ def predict_perturbation(
         n_cells=n_cells,
         seed=seed,
     )
-    provenance = {
-        "model_key": model_key,
-        "model_class": record.class_name,
-        "seed": seed,
-        "delta": delta,
-        "groups": np.asarray(design.groups, dtype=object),
-        "group_deltas": group_deltas,
-        "n_control": np.array([len(design.control_of(g)) for g in design.groups], dtype=np.int64),
-        "n_perturbed": np.array([len(design.perturbed_of(g)) for g in design.groups], dtype=np.int64),
-        "control_mean": control_mean,
-        "counts": bool(record.counts),
-        "params": params,
-        "model_params": copy.deepcopy(dict(adata.uns[model_key].get("params", {}))),
-    }
+    provenance = synthetic_provenance(
+        adata,
+        record,
+        model_key,
+        params,
+        seed=seed,
+        delta=delta,
+        groups=np.asarray(design.groups, dtype=object),
+        group_deltas=group_deltas,
+        n_control=np.array([len(design.control_of(g)) for g in design.groups], dtype=np.int64),
+        n_perturbed=np.array([len(design.perturbed_of(g)) for g in design.groups], dtype=np.int64),
+        control_mean=control_mean,
+        counts=bool(record.counts),
+    )
     write_results(predicted, obs=obs, uns={uns_key: provenance})
     return predicted
 

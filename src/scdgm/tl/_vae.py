@@ -14,9 +14,8 @@ from .._choices import COUNT_LIKELIHOODS, DECODERS, DISPERSIONS, KINDS, LIKELIHO
 from .._docs import doc_params
 from .._keys import ModelKeys
 from .._models import ModelRecord
-from .._results import record_params, write_results
 from .._settings import logger
-from ._common import ToolOptions, check_copy, resolve_device_seed
+from ._common import ToolOptions, TrainingRun, check_copy, resolve_device_seed
 
 if TYPE_CHECKING:
     from ..data import PreparedData
@@ -265,32 +264,11 @@ def vae(
     keys = ModelKeys(key_added)
     check_copy(adata, copy)
     run = train_vae(adata, VAEOptions.from_arguments(locals()), device=device, seed=seed)
-    adata = adata.copy() if copy else adata
-    write_results(adata, obsm={keys.obsm: run.latent}, uns={keys.uns: run.uns_entry("vae")})
-    return adata if copy else None
+    return run.write(adata, keys, tool="vae", copy=copy)
 
 
-@dataclass
-class VAERun:
+class VAERun(TrainingRun):
     """Everything one VAE training produced, before anything is written."""
-
-    latent: np.ndarray
-    params: dict[str, Any]
-    history: dict[str, np.ndarray]
-    metrics: dict[str, Any]
-    record: ModelRecord
-    validation_idx: np.ndarray
-    module: Any
-
-    def uns_entry(self, tool: str) -> dict[str, Any]:
-        """The ``.uns[key]`` entry of the run, its params marked as written by ``tool``."""
-        return {
-            "params": record_params(tool, **self.params),
-            "history": self.history,
-            "metrics": self.metrics,
-            "model": self.record.to_uns(),
-            "split": {"validation_indices": self.validation_idx.astype(np.int64)},
-        }
 
 
 def train_vae(adata: AnnData, options: VAEOptions, *, device: str | None, seed: int | None) -> VAERun:
