@@ -33,6 +33,8 @@ import pandas as pd
 import scipy.sparse as sp
 from _common import save, train_scvi
 
+from scdgm.datasets._simulate import expected_proportions
+
 CONDITION = {"condition_key": "condition", "control": "control", "perturbed": "condition_1", "groupby": "cell_type"}
 DELTA = 0.25
 FDR = 0.05
@@ -40,24 +42,6 @@ PBMC_MARKERS = {"B": ["CD79A", "MS4A1"], "NK": ["NKG7", "GNLY"], "T": ["CD3D"]}
 
 
 # ---------------------------------------------------------------------------------------------- truth
-
-
-def expected_proportions(adata):
-    """Per cell, the simulator's noise-free expected share of each gene in the cell's counts (cells x genes)."""
-    sim = adata.uns["simulation"]
-    log_rate = adata.obsm["program_activity"].astype(np.float64) @ adata.varm["programs"].T
-    if sim["program_model"] != "log-linear":
-        log_rate = np.log1p(log_rate)
-    log_rate += adata.var["base_log_expression"].to_numpy()
-    types = adata.obs["cell_type"].cat.codes.to_numpy()
-    if "condition" in adata.obs:
-        log_rate += sim["condition_log_change"][adata.obs["condition"].cat.codes.to_numpy(), types]
-    log_rate += np.log(sim["marker_fold_change"]) * adata.varm["markers"].T[types]
-    if "batch_effects" in adata.varm:
-        log_rate += np.log(adata.varm["batch_effects"]).T[adata.obs["batch"].cat.codes.to_numpy()]
-    log_rate -= log_rate.max(1, keepdims=True)
-    proportions = np.exp(log_rate)
-    return proportions / proportions.sum(1, keepdims=True)
 
 
 def true_lfc(proportions, in_group, in_reference):

@@ -298,3 +298,19 @@ def test_one_condition_leaves_the_data_as_before():
     adata = dgm.datasets.simulate(200, 40, seed=4)
     assert "condition" not in adata.obs and "condition_log_change" not in adata.uns["simulation"]
     assert adata.uns["simulation"]["program_model"] == "log1p"
+
+
+def test_expected_proportions_rebuild_the_rate_model():
+    from scdgm.datasets._simulate import expected_proportions
+
+    adata = dgm.datasets.simulate(3000, 80, n_cell_types=3, n_batches=2, n_conditions=2, seed=6)
+    proportions = expected_proportions(adata)
+    assert proportions.shape == adata.shape
+    np.testing.assert_allclose(proportions.sum(axis=1), 1.0)
+    # the observed shares of each type's pooled counts follow the expected ones
+    counts = adata.X.toarray()
+    for t in adata.obs["cell_type"].cat.categories:
+        cells = (adata.obs["cell_type"] == t).to_numpy()
+        observed = counts[cells].sum(0) / counts[cells].sum()
+        expected = (proportions[cells] * adata.obs["n_counts"].to_numpy()[cells, None]).sum(0) / counts[cells].sum()
+        assert np.corrcoef(np.log(observed + 1e-6), np.log(expected + 1e-6))[0, 1] > 0.95

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import scdgm as dgm
+from scdgm.datasets._simulate import expected_proportions
 
 HELD_OUT = "type_0"
 PERTURBATION = {"condition_key": "condition", "control": "control", "perturbed": "condition_1", "groupby": "cell_type"}
@@ -11,21 +12,7 @@ PERTURBATION = {"condition_key": "condition", "control": "control", "perturbed":
 
 def expected_log_expression(adata):
     """Per cell, the simulator's noise-free expected ``log1p`` counts per 10,000 (cells x genes)."""
-    sim = adata.uns["simulation"]
-    log_rate = adata.obsm["program_activity"].astype(np.float64) @ adata.varm["programs"].T
-    if sim["program_model"] != "log-linear":
-        log_rate = np.log1p(log_rate)
-    log_rate += adata.var["base_log_expression"].to_numpy()
-    types = adata.obs["cell_type"].cat.codes.to_numpy()
-    if "condition" in adata.obs:
-        log_rate += sim["condition_log_change"][adata.obs["condition"].cat.codes.to_numpy(), types]
-    log_rate += np.log(sim["marker_fold_change"]) * adata.varm["markers"].T[types]
-    if "batch_effects" in adata.varm:
-        log_rate += np.log(adata.varm["batch_effects"]).T[adata.obs["batch"].cat.codes.to_numpy()]
-    log_rate -= log_rate.max(1, keepdims=True)
-    proportions = np.exp(log_rate)
-    proportions /= proportions.sum(1, keepdims=True)
-    return np.log1p(1e4 * proportions)
+    return np.log1p(1e4 * expected_proportions(adata))
 
 
 @pytest.fixture(scope="session")

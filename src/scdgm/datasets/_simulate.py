@@ -633,3 +633,26 @@ def _to_anndata(collector: _Collector, params: dict[str, Any], truth: _Truth, *,
     )
     adata.layers["counts"] = counts.copy() if copy_counts else counts
     return adata
+
+
+def expected_proportions(adata: AnnData) -> np.ndarray:
+    """Per cell, the noise-free expected share of each gene in its counts (cells x genes), from the truth ``simulate`` stored.
+
+    The rate model of :func:`simulate` rebuilt from ``.obsm["program_activity"]``, ``.varm`` and
+    ``.uns["simulation"]`` (programs, markers, batches and conditions), normalised per cell; the
+    benchmarks and tests score estimates of expression against it.
+    """
+    sim = adata.uns["simulation"]
+    log_rate = np.asarray(adata.obsm["program_activity"], dtype=np.float64) @ np.asarray(adata.varm["programs"]).T
+    if sim.get("program_model", "log1p") != "log-linear":
+        log_rate = np.log1p(log_rate)
+    log_rate += adata.var["base_log_expression"].to_numpy()
+    types = adata.obs["cell_type"].cat.codes.to_numpy()
+    if "condition" in adata.obs:
+        log_rate += sim["condition_log_change"][adata.obs["condition"].cat.codes.to_numpy(), types]
+    log_rate += np.log(sim["marker_fold_change"]) * np.asarray(adata.varm["markers"]).T[types]
+    if "batch_effects" in adata.varm:
+        log_rate += np.log(np.asarray(adata.varm["batch_effects"])).T[adata.obs["batch"].cat.codes.to_numpy()]
+    log_rate -= log_rate.max(axis=1, keepdims=True)
+    proportions = np.exp(log_rate)
+    return proportions / proportions.sum(axis=1, keepdims=True)
