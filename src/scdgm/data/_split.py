@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _n_validation(n: int, fraction: float) -> int:
+def n_validation_cells(n: int, fraction: float) -> int:
     """Validation cells out of ``n``: ``round(n * fraction)``, but at least one of each set when possible."""
     if fraction == 0 or n < 2:
         return 0
@@ -53,7 +53,7 @@ def split_indices(
     rng = np.random.default_rng(seed)
     if stratify is None:
         order = rng.permutation(n_obs)
-        n_val = _n_validation(n_obs, float(validation_fraction))
+        n_val = n_validation_cells(n_obs, float(validation_fraction))
         return np.sort(order[n_val:]).astype(np.int64), np.sort(order[:n_val]).astype(np.int64)
 
     codes = np.asarray(stratify)
@@ -66,7 +66,7 @@ def split_indices(
     train_parts, val_parts = [], []
     for code in np.unique(codes[codes >= 0]):
         members = rng.permutation(np.flatnonzero(codes == code))
-        n_val = _n_validation(len(members), float(validation_fraction))
+        n_val = n_validation_cells(len(members), float(validation_fraction))
         val_parts.append(members[:n_val])
         train_parts.append(members[n_val:])
     train = np.concatenate(train_parts) if train_parts else np.empty(0, dtype=np.int64)

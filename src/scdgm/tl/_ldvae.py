@@ -124,6 +124,7 @@ def ldvae_loadings(
     >>> dgm.tl.ldvae_loadings(adata, n_latent=10, max_epochs=100)  # doctest: +SKIP
     >>> dgm.pl.loadings(adata, n_top=8)  # doctest: +SKIP
     """
+    from ..data._split import n_validation_cells
     from ..train import default_max_epochs
     from ._vae import VAEOptions, train_vae
 
@@ -170,7 +171,9 @@ def ldvae_loadings(
         defaults: dict[str, Any] = {"loadings_l1": DEFAULT_LOADINGS_L1}
         if vae_kwargs.get("max_epochs") is None:
             fraction = vae_kwargs.get("validation_fraction", VAEOptions.validation_fraction)
-            n_train = max(1, adata.n_obs - round(check_fraction("validation_fraction", fraction) * adata.n_obs))
+            # the training cells tl.vae's split will leave, by the data layer's own rule
+            n_held_out = n_validation_cells(adata.n_obs, check_fraction("validation_fraction", fraction))
+            n_train = max(1, adata.n_obs - n_held_out)
             defaults["max_epochs"] = EPOCHS_FACTOR * default_max_epochs(n_train)
         options = VAEOptions.from_arguments({**defaults, **vae_kwargs, "decoder": "linear"})
         run = train_vae(adata, options, device=device, seed=seed)
