@@ -10,6 +10,15 @@ HELD_OUT = "type_0"
 PERTURBATION = {"condition_key": "condition", "control": "control", "perturbed": "condition_1", "groupby": "cell_type"}
 
 
+def binary_simulation(n_obs=120, n_vars=24, seed=0):
+    """Binarised simulated counts (``.layers["binary"]``) of ``n_vars`` genes detected in 10-90 % of the cells."""
+    adata = dgm.datasets.simulate(n_obs, 4 * n_vars, n_cell_types=2, seed=seed)
+    rate = np.asarray((adata.layers["counts"] > 0).mean(0)).ravel()
+    adata = adata[:, np.flatnonzero((rate > 0.1) & (rate < 0.9))[:n_vars]].copy()
+    dgm.pp.binarize(adata, layer="counts")
+    return adata
+
+
 def expected_log_expression(adata):
     """Per cell, the simulator's noise-free expected ``log1p`` counts per 10,000 (cells x genes)."""
     return np.log1p(1e4 * expected_proportions(adata))

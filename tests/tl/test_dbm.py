@@ -9,6 +9,8 @@ import torch
 import scdgm as dgm
 from scdgm.cli import main
 
+from .conftest import binary_simulation
+
 TINY = {
     "pretrain_epochs": 2,
     "max_epochs": 4,
@@ -23,12 +25,7 @@ TINY = {
 
 
 def _binary(n_obs=120, n_vars=24, seed=0):
-    """Binarised simulated counts of the ``n_vars`` genes detected in between 10 and 90 % of the cells."""
-    adata = dgm.datasets.simulate(n_obs, 4 * n_vars, n_cell_types=2, seed=seed)
-    rate = np.asarray((adata.layers["counts"] > 0).mean(0)).ravel()
-    adata = adata[:, np.flatnonzero((rate > 0.1) & (rate < 0.9))[:n_vars]].copy()
-    dgm.pp.binarize(adata, layer="counts")
-    return adata
+    return binary_simulation(n_obs, n_vars, seed)
 
 
 @pytest.fixture(scope="module")

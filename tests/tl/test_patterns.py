@@ -6,16 +6,14 @@ import pytest
 
 import scdgm as dgm
 
+from .conftest import binary_simulation
+
 TINY = {"pretrain_epochs": 2, "max_epochs": 3, "cooldown_epochs": 2, "n_chains": 20, "gibbs_steps": 1, "n_ais_runs": 10}
 FAST = {"n_samples": 600, "burn_in": 20, "thinning": 2, "seed": 0}
 
 
 def _binary(n_obs=120, n_vars=20, seed=0):
-    adata = dgm.datasets.simulate(n_obs, 4 * n_vars, n_cell_types=2, seed=seed)
-    rate = np.asarray((adata.layers["counts"] > 0).mean(0)).ravel()
-    adata = adata[:, np.flatnonzero((rate > 0.1) & (rate < 0.9))[:n_vars]].copy()
-    dgm.pp.binarize(adata, layer="counts")
-    return adata
+    return binary_simulation(n_obs, n_vars, seed)
 
 
 @pytest.fixture(scope="module")
