@@ -170,24 +170,113 @@ def test_sample_is_reproducible_with_generator(likelihood):
     np.testing.assert_allclose(first.mean().item(), expected_mean.mean().item(), rtol=0.1)
 
 
+def _entries(x, extra_zero=None):
+    """The non-zero entries of ``x`` sorted by row, optionally with one stored zero (as CSR may hold)."""
+    flat = torch.nonzero(x.reshape(-1)).squeeze(1)
+    if extra_zero is not None:
+        flat = torch.sort(torch.cat([flat, extra_zero]))[0]
+    rows = torch.div(flat, x.shape[1], rounding_mode="floor")
+    return rows, (flat - rows * x.shape[1]).int(), x.reshape(-1)[flat]
+
+
 @pytest.mark.parametrize("likelihood", ["nb", "zinb", "poisson"])
 @pytest.mark.parametrize("theta_per_cell", [False, True])
-def test_known_nonzero_positions_give_the_scan_result(likelihood, theta_per_cell):
-    """Positions handed over by the data layer (here with one stored zero, as CSR may hold) change nothing."""
+def test_known_entries_give_the_scan_result(likelihood, theta_per_cell):
+    """Entries handed over by the data layer (here with one stored zero, as CSR may hold) change nothing."""
     x, mu, theta, zi_logits = _counts(seed=6)
     if theta_per_cell:
         theta = theta.expand_as(mu).contiguous() * torch.linspace(0.5, 2.0, mu.shape[0]).unsqueeze(1)
-    flat = torch.nonzero(x.reshape(-1)).squeeze(1)
     stored_zero = torch.nonzero(x.reshape(-1) == 0)[0]
-    positions = torch.sort(torch.cat([flat, stored_zero]))[0]
     params = {"mu": mu, "theta": theta, "zi_logits": zi_logits}
     values = []
-    for nonzero in (None, positions):
+    for entries in (None, _entries(x, stored_zero)):
         m, t = mu.clone().requires_grad_(), theta.clone().requires_grad_(likelihood != "poisson")
-        ll = lk.log_likelihood(x, {**params, "mu": m, "theta": t}, likelihood, nonzero=nonzero)
+        ll = lk.log_likelihood(x, {**params, "mu": m, "theta": t}, likelihood, entries=entries)
         ll.sum().backward()
         values.append((ll, m.grad, t.grad if t.requires_grad else torch.zeros(1)))
     for ours, scan in zip(values[1], values[0], strict=True):
         _assert_close(ours, scan)
     dense = (lk.distribution(params, likelihood).log_prob(x)).sum(-1)
     _assert_close(values[1][0], dense, rtol=1e-4, atol=1e-4)
+
+
+def _decoder_inputs(likelihood, theta_per_cell, *, dtype=torch.float64, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    n_cells, n_genes = 9, 17
+    logits = torch.randn(n_cells, n_genes, generator=g, dtype=dtype) * 2
+    library = torch.rand(n_cells, 1, generator=g, dtype=dtype) * 500 + 1
+    x = torch.poisson(torch.softmax(logits, -1) * library * torch.rand(n_cells, 1, generator=g, dtype=dtype) * 2)
+    x[0] = 0.0  # a cell without counts
+    shape = (n_cells, n_genes) if theta_per_cell else (1, n_genes)
+    theta = torch.exp(torch.randn(*shape, generator=g, dtype=dtype))
+    zi_logits = torch.randn(n_cells, n_genes, generator=g, dtype=dtype) * 2
+    inputs = {"logits": logits}
+    if likelihood != "poisson":
+        inputs["theta"] = theta
+    if likelihood == "zinb":
+        inputs["zi_logits"] = zi_logits
+    return x, library, {k: v.requires_grad_() for k, v in inputs.items()}
+
+
+def _through_params(x, library, likelihood, logits, theta=None, zi_logits=None, entries=None):
+    """The reference: the decoder's parameters as :meth:`VAEModule.generative` forms them, then autograd."""
+    log_scale = torch.log_softmax(logits, dim=-1)
+    params = {"mu": torch.exp(log_scale) * library, "log_mu": log_scale + torch.log(library)}
+    if theta is not None:
+        params["theta"] = theta
+    if zi_logits is not None:
+        params["zi_logits"] = zi_logits
+    return lk.log_likelihood(x, params, likelihood, entries=entries)
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "zinb", "poisson"])
+@pytest.mark.parametrize("theta_per_cell", [False, True])
+@pytest.mark.parametrize("with_entries", [False, True])
+def test_decoder_likelihood_matches_autograd_through_the_parameters(likelihood, theta_per_cell, with_entries):
+    """The hand-written backward gives autograd's gradients, for any weight per cell (float64, to rounding)."""
+    x, library, inputs = _decoder_inputs(likelihood, theta_per_cell)
+    entries = _entries(x) if with_entries else None
+    ours = lk.decoder_log_likelihood(x, library=library, likelihood=likelihood, entries=entries, **inputs)
+    reference = _through_params(x, library, likelihood, **inputs)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-10)
+    weights = torch.linspace(-1.0, 2.0, x.shape[0], dtype=x.dtype)
+    grads = torch.autograd.grad((ours * weights).sum(), list(inputs.values()))
+    expected = torch.autograd.grad((reference * weights).sum(), list(inputs.values()))
+    for name, got, want in zip(inputs, grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "zinb", "poisson"])
+def test_decoder_likelihood_passes_gradcheck(likelihood):
+    x, library, inputs = _decoder_inputs(likelihood, theta_per_cell=False, seed=5)
+    entries = _entries(x)
+    names = list(inputs)
+
+    def fn(*tensors):
+        return lk.decoder_log_likelihood(
+            x, library=library, likelihood=likelihood, entries=entries, **dict(zip(names, tensors, strict=True))
+        )
+
+    assert torch.autograd.gradcheck(fn, tuple(inputs.values()))
+
+
+def test_decoder_likelihood_in_float32_matches_the_float64_value():
+    x, library, inputs = _decoder_inputs("zinb", theta_per_cell=False)
+    exact = lk.decoder_log_likelihood(x, library=library, likelihood="zinb", **inputs)
+    single = lk.decoder_log_likelihood(
+        x.float(), library=library.float(), likelihood="zinb", **{k: v.detach().float() for k, v in inputs.items()}
+    )
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), exact.detach(), rtol=1e-5, atol=1e-3)
+
+
+def test_decoder_likelihood_refuses_mismatched_parameters():
+    x, library, inputs = _decoder_inputs("zinb", theta_per_cell=False)
+    with pytest.raises(ValueError, match="count likelihoods"):
+        lk.decoder_log_likelihood(x, inputs["logits"], library, "normal")
+    with pytest.raises(ValueError, match="'nb' takes theta and no zi_logits, but got neither"):
+        lk.decoder_log_likelihood(x, inputs["logits"], library, "nb")
+    with pytest.raises(ValueError, match="'nb' takes theta and no zi_logits, but got theta and zi_logits"):
+        lk.decoder_log_likelihood(
+            x, inputs["logits"], library, "nb", theta=inputs["theta"], zi_logits=inputs["zi_logits"]
+        )

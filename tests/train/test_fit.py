@@ -219,3 +219,24 @@ def test_a_value_error_that_is_not_divergence_is_raised_as_it_is():
     with pytest.raises(ValueError, match="shapes do not match") as caught:
         fit(Broken(), batches, max_epochs=1)
     assert not isinstance(caught.value, TrainingError)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3])
+def test_one_process_clipping_matches_torch(scale):
+    """Under the norm the gradients are left as they are, over it they are scaled exactly as torch scales them."""
+    from scdgm.train._fit import _OneProcess
+
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Linear(20, 7), torch.nn.Linear(20, 7)
+    theirs.load_state_dict(ours.state_dict())
+    inputs = torch.randn(5, 20)
+    for module in (ours, theirs):
+        (module(inputs).square().sum() * scale).backward()
+    before = [p.grad.clone() for p in ours.parameters()]
+    _OneProcess.clip_gradients(ours, None, max_norm=1.0)
+    torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+    for a, b, old in zip(ours.parameters(), theirs.parameters(), before, strict=True):
+        assert torch.equal(a.grad, b.grad)
+        assert torch.equal(a.grad, old) == (scale < 1)
+    total = torch.sqrt(sum(p.grad.square().sum() for p in ours.parameters()))
+    assert float(total) <= 1.0 + 1e-5

@@ -21,6 +21,8 @@ import torch
 from ._prepare import PreparedData, _load
 
 Batch = dict[str, torch.Tensor]
+Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""Stored entries of a batch of rows: row within the batch, column, value."""
 
 CUDA_MEMORY_FRACTION = 0.5
 """Share of the free GPU memory the whole data may take before a CUDA store streams instead."""
@@ -80,6 +82,14 @@ class _DeviceRows(_PicklesByValue):
     def __init__(self, block: np.ndarray | sp.csr_matrix, device: str) -> None:
         self.n_rows, self.n_cols = block.shape
         self.sparse = sp.issparse(block)
+        self.host: sp.csr_matrix | None = None
+        if self.sparse and torch.device(device).type == "cpu":
+            # On the CPU, scipy's compiled row indexing and densification serve a batch in about half
+            # the time of the torch gather below (0.35 against 0.6 ms for 128 x 2,000 at 25 % density);
+            # the float32 copy is shared with the tensors, so the data is held once.
+            data = np.asarray(block.data, dtype=np.float32)
+            self.host = sp.csr_matrix((data, block.indices, block.indptr), shape=block.shape)
+            block = self.host
         if self.sparse:
             self.indptr = _tensor(block.indptr, torch.int64, device)
             # int32 column indices halve the memory; they are widened per batch only.
@@ -95,11 +105,29 @@ class _DeviceRows(_PicklesByValue):
             self.dense = _tensor(np.ascontiguousarray(block), torch.float32, device)
             self.nbytes = self.dense.numel() * 4
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the scipy view shares the tensors' memory; it is rebuilt from them, not pickled a second time
+        return _pickle_tensors({k: v for k, v in self.__dict__.items() if k != "host"})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(_unpickle_tensors(state))
+        self.host = None
+        if self.sparse and self.data.device.type == "cpu":
+            self.host = sp.csr_matrix(
+                (self.data.numpy(), self.indices.numpy(), self.indptr.numpy()), shape=(self.n_rows, self.n_cols)
+            )
+
     def to(self, device: str) -> _DeviceRows:
         """A copy with its tensors on ``device``."""
         moved = copy.copy(self)
         for name in ("indptr", "indices", "data") if self.sparse else ("dense",):
             setattr(moved, name, getattr(self, name).to(device))
+        if torch.device(device).type != "cpu":
+            moved.host = None
+        elif self.sparse and moved.host is None:
+            moved.host = sp.csr_matrix(
+                (moved.data.numpy(), moved.indices.numpy(), moved.indptr.numpy()), shape=(self.n_rows, self.n_cols)
+            )
         return moved
 
     def rows(self, index: torch.Tensor, host_index: np.ndarray | None = None) -> torch.Tensor:
@@ -111,30 +139,41 @@ class _DeviceRows(_PicklesByValue):
 
     def rows_and_entries(
         self, index: torch.Tensor, host_index: np.ndarray | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """As :meth:`rows`, with the flat positions of the stored entries in the dense rows.
+    ) -> tuple[torch.Tensor, Entries | None]:
+        """As :meth:`rows`, with the stored entries of those rows.
 
-        The positions (``int64``, row-major, one per stored entry) come for free from CSR and let
-        count likelihoods skip a scan for non-zeros; ``None`` for dense storage or when duplicate
-        entries are summed.
+        The entries (row within the batch, column, value), which come for free from CSR, let count
+        likelihoods skip a scan for non-zeros; ``None`` for dense storage or when duplicate entries
+        are summed.
         """
         if not self.sparse:
             return self.dense.index_select(0, index), None
+        if self.host is not None:
+            sub = self.host[index.numpy() if host_index is None else host_index]
+            dense = torch.from_numpy(sub.toarray())
+            if self.accumulate:
+                return dense, None
+            lengths = np.diff(sub.indptr)
+            entry_rows = torch.from_numpy(np.repeat(np.arange(len(lengths), dtype=np.int64), lengths))
+            return dense, (entry_rows, torch.from_numpy(sub.indices), torch.from_numpy(sub.data))
         n_rows = index.shape[0]
         starts = self.indptr.index_select(0, index)
         lengths = self.indptr.index_select(0, index + 1).sub_(starts)
         n_entries = int(lengths.sum() if host_index is None else self.host_lengths[host_index].sum())
         out = torch.zeros(n_rows * self.n_cols, dtype=torch.float32, device=starts.device)
-        flat = torch.zeros(0, dtype=torch.int64, device=starts.device)
+        entry_row = torch.zeros(0, dtype=torch.int64, device=starts.device)
+        cols, values = entry_row, torch.zeros(0, dtype=torch.float32, device=starts.device)
         if n_entries > 0:
             # Row of each gathered entry, then its position in data/indices: the start of its row plus
             # its rank within the row, i.e. a global arange shifted per row.
             entry_row = torch.repeat_interleave(lengths, output_size=n_entries)
             shift = starts.sub_(torch.cumsum(lengths, 0).sub_(lengths))
             position = shift.index_select(0, entry_row).add_(torch.arange(n_entries, device=starts.device))
-            flat = entry_row.mul_(self.n_cols).add_(self.indices.index_select(0, position))
-            out.index_put_((flat,), self.data.index_select(0, position), accumulate=self.accumulate)
-        return out.view(n_rows, self.n_cols), None if self.accumulate else flat
+            cols, values = self.indices.index_select(0, position), self.data.index_select(0, position)
+            flat = entry_row * self.n_cols + cols
+            out.index_put_((flat,), values, accumulate=self.accumulate)
+        dense = out.view(n_rows, self.n_cols)
+        return dense, None if self.accumulate else (entry_row, cols, values)
 
 
 def _block_bytes(data: PreparedData) -> tuple[int, float]:
@@ -230,10 +269,10 @@ class BatchStore(_PicklesByValue):
             chunk_rows = int(min(data.chunk_size, max(1, window / WINDOW_CHUNKS // max(per_row, 1))))
         return StreamingStore(data, device, chunk_rows=chunk_rows)
 
-    def _batch(self, x: torch.Tensor, index: torch.Tensor, nonzero: torch.Tensor | None = None) -> Batch:
+    def _batch(self, x: torch.Tensor, index: torch.Tensor, entries: Entries | None = None) -> Batch:
         batch = {"x": x, "library": self.library.index_select(0, index)}
-        if nonzero is not None:
-            batch["x_nonzero"] = nonzero
+        if entries is not None:
+            batch["x_entry_rows"], batch["x_entry_cols"], batch["x_entry_values"] = entries
         for name, codes in self.covariates.items():
             batch[name] = codes.index_select(0, index)
         batch["index"] = index
@@ -251,8 +290,8 @@ class BatchStore(_PicklesByValue):
         -------
         ``{"x": float32 (B, G), "library": float32 (B, 1), "batch": int64 (B,), "labels": int64 (B,),
         "index": int64 (B,)}``, with only the covariates the data has. Batches served by
-        :meth:`iter_batches` from CSR storage also carry ``"x_nonzero"``: the flat positions of the
-        stored entries of ``"x"``.
+        :meth:`iter_batches` from CSR storage also carry the stored entries of ``"x"``:
+        ``"x_entry_rows"`` (row within the batch), ``"x_entry_cols"`` and ``"x_entry_values"``.
         """
         raise NotImplementedError
 
@@ -329,8 +368,8 @@ class InMemoryStore(BatchStore):
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]
-            x, nonzero = self.rows.rows_and_entries(index, host[start : start + batch_size])
-            yield self._batch(x, index, nonzero)
+            x, entries = self.rows.rows_and_entries(index, host[start : start + batch_size])
+            yield self._batch(x, index, entries)
 
 
 class _Ready:

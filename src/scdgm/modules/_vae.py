@@ -11,12 +11,19 @@ from torch import nn
 from .._checks import check_bool, check_choice, check_fraction, check_number
 from .._choices import COUNT_LIKELIHOODS, DECODERS, DISPERSED_LIKELIHOODS, DISPERSIONS, KINDS, LIKELIHOODS
 from ._base import BaseModule, LossOutput, check_integer
-from ._likelihoods import EPS, log_likelihood, sample
+from ._likelihoods import EPS, decoder_log_likelihood, log_likelihood, sample
 
 # Floor of the posterior variance, so that log(var) in the KL stays finite.
 _VAR_EPS = 1e-4
 # BatchNorm settings of every layer (eps as in scVI; default momentum so short runs still settle the running stats).
 _BN_EPS = 1e-3
+
+
+def _batch_entries(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The stored entries of ``batch["x"]`` as the data layer serves them from sparse input, else ``None``."""
+    if "x_entry_rows" not in batch:
+        return None
+    return batch["x_entry_rows"], batch["x_entry_cols"], batch["x_entry_values"]
 
 
 class _CovariateLinear(nn.Module):
@@ -240,7 +247,7 @@ class VAEModule(BaseModule):
 
     def _encode(self, x: torch.Tensor, batch_index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Posterior mean and log-variance (``None`` for the autoencoders)."""
-        h = torch.log1p(x) if self.likelihood in COUNT_LIKELIHOODS else x
+        h = self.encoder_input(x)
         for layer in self.encoder_layers:
             h = layer(h, batch_index)
         mean = self.mean_encoder(h).float()
@@ -324,7 +331,11 @@ class VAEModule(BaseModule):
         -------
         Cells x genes.
         """
-        return torch.log1p(x) if self.likelihood in COUNT_LIKELIHOODS else x
+        if self.likelihood not in COUNT_LIKELIHOODS:
+            return x
+        # log(x + 1), not log1p: the same to float32 rounding for counts (the difference is below 1e-7 only
+        # under 1e-7, where both are ~x), and torch's CPU log1p takes twice as long as add + log.
+        return torch.add(x, 1.0).log_()
 
     def encoder_first_weight(self) -> torch.Tensor:
         """Weight of the encoder's first linear map on the genes, hidden x genes.
@@ -418,7 +429,8 @@ class VAEModule(BaseModule):
         ----------
         batch
             ``"x"`` cells x genes, ``"library"`` (cells, 1), ``"batch"`` (cells,) when ``n_batch > 0``;
-            optionally ``"x_nonzero"``, the flat positions of the non-zero entries of ``"x"``.
+            optionally the stored entries of ``"x"`` (``"x_entry_rows"``, ``"x_entry_cols"``,
+            ``"x_entry_values"``), which spare the count likelihoods a scan for non-zeros.
         kl_weight
             Weight of the KL term (beta, KL warm-up); irrelevant for the autoencoders.
 
@@ -440,8 +452,22 @@ class VAEModule(BaseModule):
         else:
             z = mean + torch.sqrt(var) * torch.randn_like(mean)
             kl = 0.5 * (var + mean.square() - 1.0 - torch.log(var)).sum(-1).float()
-        params = self.generative(z, batch["library"], batch_index)
-        reconstruction = -log_likelihood(x.float(), params, self.likelihood, nonzero=batch.get("x_nonzero"))
+        if self.likelihood in COUNT_LIKELIHOODS:
+            # the training path: the likelihood straight from the decoder's logits, backward written out
+            raw, zi_logits = self._decode(z, batch_index)
+            theta = self._dispersion(batch_index) if self.likelihood != "poisson" else None
+            reconstruction = -decoder_log_likelihood(
+                x.float(),
+                raw,
+                batch["library"],
+                self.likelihood,
+                theta=theta,
+                zi_logits=zi_logits,
+                entries=_batch_entries(batch),
+            )
+        else:
+            params = self.generative(z, batch["library"], batch_index)
+            reconstruction = -log_likelihood(x.float(), params, self.likelihood)
         penalty = None
         if self.loadings_l1 > 0:
             penalty = self.loadings_l1 * self._effective_loadings(z, batch_index).abs().sum()
