@@ -258,33 +258,31 @@ class _DecoderCountLikelihood(torch.autograd.Function):
         zi_logits: torch.Tensor | None,
         x: torch.Tensor,
     ) -> torch.Tensor:
+        # Fresh cells x genes buffers cost more than the arithmetic on them on CPU (first touch of new
+        # memory), so each step below works in place where it can.
         log_scale = torch.log_softmax(logits, dim=-1)
-        mu = torch.exp(log_scale + log_library)
+        mu = torch.add(log_scale, log_library).exp_()
         # sum_g x log mu = sum_g x log_scale + log_library * sum_g x
         value = torch.linalg.vecdot(x, log_scale) + log_library.squeeze(-1) * x.sum(-1)
         saved: tuple[torch.Tensor, ...] = (x, mu, log_library)
         if theta is None:  # Poisson: sum_g mu is the library up to rounding, but sum it as the formula says
             value = value - mu.sum(-1)
         else:
-            theta_eps = theta + EPS
-            log_theta = torch.log(theta_eps)
-            total = torch.add(mu, theta_eps)
-            log_total = torch.log(total)
+            log_theta = torch.log(theta + EPS)
+            log_total = torch.add(mu, theta + EPS).log_()
             # sum_g theta (log theta - log_total) - x log_total
             if theta.shape[0] == 1:
                 value = value + (theta * log_theta).sum() - log_total @ theta.squeeze(0)
             else:
                 value = value + torch.linalg.vecdot(theta, log_theta - log_total)
             value = value - torch.linalg.vecdot(x, log_total)
-            saved = (*saved, theta, log_theta, total, log_total)
+            saved = (*saved, theta, log_theta, log_total)
             if zi_logits is not None:
-                is_count = torch.sign(x)  # 1 where x > 0 (counts are non-negative)
-                # q = log NB(0) = theta (log theta - log_total)
-                zi_minus_q = torch.addcmul(zi_logits, theta, log_theta - log_total, value=-1.0)
-                softplus_shift = F.softplus(zi_minus_q)
-                value = value + softplus_shift.sum(-1) - torch.linalg.vecdot(is_count, softplus_shift)
-                value = value - F.softplus(zi_logits).sum(-1)
-                saved = (*saved, zi_logits, zi_minus_q, is_count)
+                is_zero = torch.sign(x).neg_().add_(1.0)  # counts are non-negative
+                # zi - q, with q = log NB(0) = theta (log theta - log_total)
+                zi_minus_q = torch.sub(log_total, log_theta).mul_(theta).add_(zi_logits)
+                value = value + torch.linalg.vecdot(is_zero, F.softplus(zi_minus_q)) - F.softplus(zi_logits).sum(-1)
+                saved = (*saved, zi_logits, zi_minus_q, is_zero)
         ctx.save_for_backward(*saved)
         ctx.has_theta, ctx.has_zi = theta is not None, zi_logits is not None
         return value
@@ -297,21 +295,21 @@ class _DecoderCountLikelihood(torch.autograd.Function):
         if not ctx.has_theta:
             a = x - mu
         else:
-            theta, log_theta, total, log_total, *zi = rest
-            r = torch.reciprocal(total)
-            # 1 - P(structural zero | x) for ZINB: the share of each zero the NB part explains
+            theta, log_theta, log_total, *zi = rest
+            r = torch.add(mu, theta + EPS).reciprocal_()
+            # ZINB: keep = 1 - w0, w0 = P(structural zero | x), the share of each zero the NB part does not explain
             keep = None
             if ctx.has_zi:
-                zi_logits, zi_minus_q, is_count = zi
-                w0 = torch.sigmoid(zi_minus_q).mul_(1.0 - is_count)
-                grad_zi = (w0 - torch.sigmoid(zi_logits)).mul_(grad_col) if ctx.needs_input_grad[3] else None
-                keep = torch.sub(1.0, w0)
-            theta_mu = mu * theta if keep is None else (mu * keep).mul_(theta)
-            a = torch.mul(x, theta + EPS).sub_(theta_mu).mul_(r)
+                zi_logits, zi_minus_q, is_zero = zi
+                w0 = torch.sigmoid(zi_minus_q).mul_(is_zero)
+                if ctx.needs_input_grad[3]:
+                    grad_zi = torch.sigmoid(zi_logits).sub_(w0).mul_(grad_col).neg_()
+                keep = w0.neg_().add_(1.0)
+            a = torch.mul(x, theta + EPS)
             if ctx.needs_input_grad[2]:
-                # d/dtheta per entry: (1 - w0) (log theta + theta/(theta+EPS) - log_total - theta r) - x r
+                # d/dtheta per entry: keep (log theta + theta/(theta+EPS) - log_total - theta r) - x r
                 per_gene = log_theta + theta / (theta + EPS)
-                inner = torch.addcmul(log_total, theta, r)
+                inner = torch.mul(r, theta).add_(log_total)
                 if keep is not None:
                     inner.mul_(keep)
                 inner.addcmul_(x, r)
@@ -320,7 +318,13 @@ class _DecoderCountLikelihood(torch.autograd.Function):
                     grad_theta = (weight * per_gene.squeeze(0) - grad @ inner).unsqueeze(0)
                 else:
                     base = per_gene if keep is None else per_gene * keep
-                    grad_theta = (base - inner).mul_(grad_col)
+                    grad_theta = inner.neg_().add_(base).mul_(grad_col)
+            # a = mu dl/dmu = r (x (theta + EPS) - theta mu keep)
+            if keep is None:
+                a.addcmul_(mu, theta, value=-1.0)
+            else:
+                a.sub_(keep.mul_(mu).mul_(theta))
+            a.mul_(r)
         grad_logits = None
         if ctx.needs_input_grad[0]:
             # softmax chain rule: a - softmax * sum(a), with softmax = mu / library
