@@ -133,8 +133,8 @@ def nb_log_likelihood(
     log_mu
         ``log(mu)`` when the caller already has it (more accurate and saves a logarithm).
     entries
-        The non-zero entries of ``x`` as ``(rows, cols, values)``, sorted by row, when the caller knows
-        them (the data layer does, for sparse input); saves a scan of ``x``.
+        The non-zero entries of ``x`` as ``(rows, cols, values)`` when the caller knows them (the data
+        layer does, for sparse input); saves a scan of ``x``. Stored zeros among them change nothing.
 
     Returns
     -------
