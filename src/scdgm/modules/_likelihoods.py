@@ -51,6 +51,26 @@ def _row_sums(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Te
     return torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add(0, rows, values)
 
 
+def _digamma_positive(y: torch.Tensor) -> torch.Tensor:
+    """``digamma(y)`` for ``y > 0``, by the recurrence to ``y + 6`` and the asymptotic series there.
+
+    Replaces ``torch.digamma`` in the backward pass of the count likelihoods, where it runs over every
+    non-zero count of every step: torch's CPU kernel took about twice as long (0.58 against 0.30 ms for
+    64,000 entries on two cores). Truncating the series at ``y + 6 >= 6`` errs by under ``3e-9``; tested
+    against ``torch.digamma`` in float64.
+    """
+    shifted = torch.add(y, 6.0)
+    total = torch.reciprocal(y)
+    for k in range(1, 6):
+        total.add_(torch.add(y, float(k)).reciprocal_())
+    inv = torch.reciprocal(shifted)
+    inv2 = inv.square()
+    # log w - 1/(2w) - 1/(12 w^2) + 1/(120 w^4) - 1/(252 w^6), w = y + 6
+    series = inv2.mul(-1.0 / 252).add_(1.0 / 120).mul_(inv2).sub_(1.0 / 12).mul_(inv2)
+    series.sub_(inv.mul_(0.5)).add_(shifted.log_())
+    return series.sub_(total)
+
+
 class _GeneDispersionNormaliser(torch.autograd.Function):
     """Per cell, the sum over its non-zero entries of ``lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)``, gene-wise theta.
 
@@ -72,7 +92,7 @@ class _GeneDispersionNormaliser(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         theta, rows, cols, shifted = ctx.saved_tensors
-        per_entry = torch.digamma(shifted).sub_(torch.digamma(theta).index_select(0, cols))
+        per_entry = _digamma_positive(shifted).sub_(torch.digamma(theta).index_select(0, cols))
         per_entry.mul_(grad.index_select(0, rows))
         return torch.zeros_like(theta).index_add_(0, cols, per_entry), None, None, None, None
 
