@@ -111,23 +111,22 @@ class _DeviceRows(_PicklesByValue):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(_unpickle_tensors(state))
-        self.host = None
-        if self.sparse and self.data.device.type == "cpu":
-            self.host = sp.csr_matrix(
-                (self.data.numpy(), self.indices.numpy(), self.indptr.numpy()), shape=(self.n_rows, self.n_cols)
-            )
+        self.host = self._host_view()
+
+    def _host_view(self) -> sp.csr_matrix | None:
+        """A scipy view of CPU-resident CSR tensors (sharing their memory), else ``None``."""
+        if not self.sparse or self.data.device.type != "cpu":
+            return None
+        arrays = (self.data.numpy(), self.indices.numpy(), self.indptr.numpy())
+        return sp.csr_matrix(arrays, shape=(self.n_rows, self.n_cols))
 
     def to(self, device: str) -> _DeviceRows:
         """A copy with its tensors on ``device``."""
         moved = copy.copy(self)
         for name in ("indptr", "indices", "data") if self.sparse else ("dense",):
             setattr(moved, name, getattr(self, name).to(device))
-        if torch.device(device).type != "cpu":
-            moved.host = None
-        elif self.sparse and moved.host is None:
-            moved.host = sp.csr_matrix(
-                (moved.data.numpy(), moved.indices.numpy(), moved.indptr.numpy()), shape=(self.n_rows, self.n_cols)
-            )
+        if moved.host is None or torch.device(device).type != "cpu":
+            moved.host = moved._host_view()
         return moved
 
     def rows(self, index: torch.Tensor, host_index: np.ndarray | None = None) -> torch.Tensor:
