@@ -522,7 +522,7 @@ class VAEModule(BaseModule):
         else:
             library = torch.full((n_cells, 1), float(library_size), device=x.device)
         if self.kind != "vae" or n_samples == 1:
-            return self._mean_of(self.generative(mean, library, decode_index))
+            return self.decoded_mean(mean, library, decode_index)
         # all draws decoded in one pass: (n_samples * cells) rows
         z = mean + torch.sqrt(var) * torch.randn((n_samples, *mean.shape), dtype=mean.dtype, device=mean.device)
         repeat_index = None if decode_index is None else decode_index.repeat(n_samples)
